@@ -1,0 +1,68 @@
+"""``radimagenet ingest SOURCE [--labels CSV] --out s3://BUCKET/PREFIX [options]``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="folder of key images (DICOM, PNG, JPEG)")
+    p.add_argument("--labels", help="CSV with path,label[,patient_id][,split][,mask]; paths relative to SOURCE. "
+                   "Without it, each file's folder (relative to SOURCE) is its label")
+    p.add_argument("--out", required=True, help="s3://BUCKET/PREFIX for shards, report.jsonl and manifest.json")
+    p.add_argument("--image-size", type=int, default=224, help="output size in pixels, whole image (default 224)")
+    p.add_argument("--encoding", choices=["npy", "png"], default="npy",
+                   help="lossless image encoding in the shards (default npy: fastest to read and write)")
+    p.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions by patient (default 0.8,0.1,0.1)")
+    p.add_argument("--shard-size", default="256MB", help="target shard size (default 256MB)")
+    p.add_argument("--workers", type=int, default=1, help="parallel Ray tasks; 1 runs in-process (default 1)")
+    p.add_argument("--chunk-size", type=int, default=64, help="files per task (default 64)")
+    p.add_argument("--multiframe", choices=["middle", "first", "reject"], default="middle",
+                   help="which frame of a multi-frame image becomes the key image (default middle)")
+    p.add_argument("--window", action="append", default=[], metavar="MODALITY=CENTER,WIDTH",
+                   help="default window for a modality when the file has none (default CT=40,400); repeatable")
+    p.add_argument("--patient-from", choices=["auto", "column", "dicom", "file"], default="auto",
+                   help="where the patient identity comes from (auto: labels column, then DICOM PatientID, "
+                   "then one patient per file)")
+    p.add_argument("--secret-file", help="file holding the de-identification secret (default: "
+                   "$RADIMAGENET_DEID_SECRET, else $RADIMAGENET_HOME/deid-secret, created once)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _windows(items: list[str]) -> dict[str, tuple[float, float]]:
+    from radimagenet.errors import ConfigError
+
+    windows = {"CT": (40.0, 400.0)}
+    for item in items:
+        try:
+            modality, values = item.split("=", 1)
+            center, width = (float(v) for v in values.split(","))
+        except ValueError:
+            raise ConfigError(f"--window {item!r} is not MODALITY=CENTER,WIDTH (e.g. CT=-600,1500)") from None
+        windows[modality.strip().upper()] = (center, width)
+    return windows
+
+
+def run(args: argparse.Namespace) -> int:
+    from radimagenet.errors import ConfigError
+    from radimagenet.ingest import IngestConfig, ingest
+    from radimagenet.ingest.config import parse_size
+    from radimagenet.ingest.deid import load_secret
+
+    try:
+        fractions = tuple(float(x) for x in args.split.split(","))
+    except ValueError:
+        raise ConfigError(f"--split {args.split!r} is not three numbers like 0.8,0.1,0.1") from None
+    cfg = IngestConfig(
+        source=args.source, out=args.out, labels=args.labels, image_size=args.image_size,
+        encoding=args.encoding, split_fractions=fractions, shard_size=parse_size(args.shard_size),
+        workers=args.workers, chunk_size=args.chunk_size, multiframe=args.multiframe,
+        windows=_windows(args.window), patient_from=args.patient_from,
+    )
+    manifest = ingest(cfg, load_secret(args.secret_file), progress=False if args.no_progress else None)
+    c = manifest["counts"]
+    print(f"{manifest['uri']}: {c['inputs']} inputs, {c['written']} written, {c['rejected']} rejected, "
+          f"{c['duplicates']} duplicates; " + ", ".join(
+              f"{s} {v['samples']} in {len(v['shards'])} shard(s)" for s, v in manifest["splits"].items()))
+    print(f"manifest: {manifest['uri']}/manifest.json  digest: {manifest['digest']}")
+    return 0

@@ -1,0 +1,69 @@
+"""The ingest configuration: every setting that changes the output (and so the dataset digest)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from radimagenet.errors import ConfigError
+
+ENCODINGS = ("npy", "png")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Settings of one ``radimagenet ingest`` run."""
+
+    source: str
+    out: str
+    labels: str | None = None
+    image_size: int = 224
+    encoding: str = "npy"
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    shard_size: int = 256 * 1024 * 1024  # target bytes per shard (a shard closes once it passes this)
+    workers: int = 1
+    chunk_size: int = 64  # files per task
+    multiframe: str = "middle"
+    windows: dict[str, tuple[float, float]] = field(default_factory=lambda: {"CT": (40.0, 400.0)})
+    patient_from: str = "auto"  # auto | column | dicom | file
+
+    def __post_init__(self) -> None:
+        if self.image_size < 16 or self.image_size > 4096:
+            raise ConfigError(f"--image-size must be between 16 and 4096, got {self.image_size}")
+        if self.encoding not in ENCODINGS:
+            raise ConfigError(f"--encoding must be one of {ENCODINGS}, got {self.encoding!r}")
+        fr = self.split_fractions
+        if len(fr) != 3 or any(f < 0 for f in fr) or abs(sum(fr) - 1.0) > 1e-6:
+            raise ConfigError(f"--split fractions must be 3 non-negative numbers summing to 1, got {fr}")
+        if self.shard_size < 1024:
+            raise ConfigError(f"--shard-size must be at least 1 KiB, got {self.shard_size}")
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be at least 1, got {self.workers}")
+        if self.multiframe not in ("middle", "first", "reject"):
+            raise ConfigError(f"--multiframe must be middle, first or reject, got {self.multiframe!r}")
+        if self.patient_from not in ("auto", "column", "dicom", "file"):
+            raise ConfigError(f"--patient-from must be auto, column, dicom or file, got {self.patient_from!r}")
+
+    def fingerprint_fields(self) -> dict:
+        """The settings that determine the output; a resumed ingest must match them."""
+        return {
+            "image_size": self.image_size,
+            "encoding": self.encoding,
+            "split_fractions": list(self.split_fractions),
+            "shard_size": self.shard_size,
+            "multiframe": self.multiframe,
+            "windows": {k: list(v) for k, v in sorted(self.windows.items())},
+            "patient_from": self.patient_from,
+        }
+
+
+def parse_size(text: str) -> int:
+    """``"256MB"`` / ``"64KiB"`` / ``"1000000"`` -> bytes."""
+    t = text.strip().upper().replace("IB", "B")
+    units = {"KB": 1024, "MB": 1024**2, "GB": 1024**3, "B": 1}
+    unit = next((u for u in units if t.endswith(u)), None)
+    number, mult = (t[: -len(unit)].strip(), units[unit]) if unit else (t, 1)
+    try:
+        return int(float(number) * mult)
+    except ValueError:
+        raise ConfigError(f"cannot read size {text!r} (examples: 256MB, 64KB, 1000000)") from None

@@ -1,0 +1,324 @@
+"""The ingest driver: pre-flight checks, ordered (serial or Ray-parallel) processing, duplicates,
+the journal that makes an interrupted ingest resumable, then ``report.jsonl`` and ``manifest.json``.
+
+Results are consumed in input order whatever the parallelism, so serial and parallel ingests write
+the same samples to the same shards. A shard is journaled (``_journal/``) once its upload completes;
+a re-run with the same arguments skips every input already in a journaled shard.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from radimagenet import decode, storage
+from radimagenet.errors import ConfigError
+from radimagenet.ingest.config import SPLITS, IngestConfig
+from radimagenet.ingest.deid import secret_fingerprint
+from radimagenet.ingest.process import Context, Reject, Sample, process_rows
+from radimagenet.ingest.shards import ShardRecord, ShardWriter
+from radimagenet.ingest.sources import InputRow, class_list, read_inputs
+from radimagenet.storage import S3Uri
+
+FORMAT = "radimagenet-dataset/1"
+
+
+# --- journal ---------------------------------------------------------------------------------------
+
+def _journal(out: S3Uri) -> S3Uri:
+    return out.join("_journal")
+
+
+def load_journal(out: S3Uri) -> tuple[dict | None, list[ShardRecord]]:
+    """The fingerprint and finished shards of an unfinished ingest at ``out`` (None, [] if none)."""
+    uris = storage.list_keys(_journal(out))
+    config = None
+    records = []
+    for uri in uris:
+        name = uri.rsplit("/", 1)[-1]
+        if name == "config.json":
+            config = storage.read_json(uri)
+        elif name.endswith(".json"):
+            records.append(ShardRecord(**storage.read_json(uri)))
+    records.sort(key=lambda r: (r.split, r.index))
+    return config, records
+
+
+def _journal_shard(out: S3Uri, record: ShardRecord) -> None:
+    storage.write_json(_journal(out).join(f"{record.split}-{record.index:06d}.json"), dataclasses.asdict(record))
+
+
+def _clear_journal(out: S3Uri) -> None:
+    for uri in storage.list_keys(_journal(out)):
+        storage.delete(uri)
+
+
+# --- pre-flight ------------------------------------------------------------------------------------
+
+def preflight(cfg: IngestConfig, fingerprint: dict) -> list[ShardRecord]:
+    """Fail fast on misconfiguration; return the shards of an unfinished ingest to resume."""
+    out = storage.parse_uri(cfg.out)
+    if not out.key:
+        raise ConfigError(f"--out {cfg.out} needs a prefix inside the bucket (s3://BUCKET/datasets/NAME)")
+    storage.check_bucket(out)
+    if storage.exists(out.join("manifest.json")):
+        raise ConfigError(
+            f"a dataset already exists at {cfg.out} (manifest.json is there); choose another --out "
+            f"or delete it first"
+        )
+    previous, records = load_journal(out)
+    if previous is None:
+        if storage.list_keys(out):
+            raise ConfigError(f"{cfg.out} is not empty and holds no unfinished ingest; choose an empty prefix")
+        storage.write_json(_journal(out).join("config.json"), fingerprint)
+        return []
+    if previous != fingerprint:
+        changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
+        raise ConfigError(
+            f"an unfinished ingest at {cfg.out} used different settings ({', '.join(changed)}); re-run it "
+            f"with the same arguments to finish it, or choose another --out"
+        )
+    storage.abort_multipart_uploads(out)
+    return records
+
+
+def fingerprint_of(cfg: IngestConfig, rows: list[InputRow], classes: list[str], secret: bytes) -> dict:
+    """Everything that must match for a re-run to continue an unfinished ingest."""
+    inputs = hashlib.sha256("\n".join(f"{r.source}\t{r.label}" for r in rows).encode()).hexdigest()
+    return {
+        **cfg.fingerprint_fields(),
+        "inputs_sha256": inputs,
+        "inputs": len(rows),
+        "classes": classes,
+        "secret_fingerprint": secret_fingerprint(secret),
+    }
+
+
+# --- processing ------------------------------------------------------------------------------------
+
+def _chunks(rows: list[InputRow], size: int) -> list[list[InputRow]]:
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
+def run_chunks(chunks: list[list[InputRow]], ctx: Context, workers: int) -> Iterator[list[Sample | Reject]]:
+    """Results of each chunk, in chunk order: in-process for 1 worker, else as Ray tasks."""
+    if workers == 1:
+        for chunk in chunks:
+            yield process_rows(chunk, ctx)
+        return
+    import ray
+
+    from radimagenet.raycluster import init_ray
+
+    init_ray(num_cpus=workers)
+    task = ray.remote(num_cpus=1, max_retries=3)(process_rows)
+    ctx_ref = ray.put(ctx)
+    pending = iter(chunks)
+    inflight = collections.deque(task.remote(c, ctx_ref) for c in _take(pending, 2 * workers))
+    while inflight:
+        result = ray.get(inflight.popleft())
+        inflight.extend(task.remote(c, ctx_ref) for c in _take(pending, 1))
+        yield result
+
+
+def _take(it: Iterator, n: int) -> list:
+    out = []
+    for _ in range(n):
+        try:
+            out.append(next(it))
+        except StopIteration:
+            break
+    return out
+
+
+@dataclasses.dataclass
+class _State:
+    """Cross-file bookkeeping of the driver."""
+
+    first_of_key: dict[str, tuple[str, str]]  # key -> (source, split) of the written copy
+    split_of_patient: dict[str, str]
+    lines: dict[int, dict[str, Any]]  # input index -> report line
+
+    def handle(self, res: Sample | Reject, writers: dict[str, ShardWriter]) -> None:
+        if isinstance(res, Reject):
+            self.lines[res.index] = _line(res.source, "rejected", reason=f"{res.reason}: {res.detail}")
+            return
+        if res.key in self.first_of_key:
+            source, split = self.first_of_key[res.key]
+            self.lines[res.index] = _line(res.source, "duplicate", key=res.key, split=split, duplicate_of=source)
+            return
+        known = self.split_of_patient.setdefault(res.patient, res.split)
+        if known != res.split:
+            reason = f"split_conflict: this patient is already in {known!r}, the labels file says {res.split!r}"
+            self.lines[res.index] = _line(res.source, "rejected", reason=reason)
+            return
+        writers[res.split].write(res)
+        self.first_of_key[res.key] = (res.source, res.split)
+        self.lines[res.index] = _line(res.source, "written", key=res.key, split=res.split)
+
+
+def _line(source: str, status: str, key=None, split=None, reason=None, duplicate_of=None) -> dict:
+    return {"source": source, "status": status, "key": key, "split": split, "reason": reason,
+            "duplicate_of": duplicate_of}
+
+
+# --- outputs ---------------------------------------------------------------------------------------
+
+def dataset_digest(records: list[ShardRecord], cfg: IngestConfig) -> str:
+    """SHA-256 over the sorted (split, key, label_id) triples, image size and encoding."""
+    triples = sorted((r.split, m["key"], m["label_id"]) for r in records for m in r.members)
+    h = hashlib.sha256(f"{cfg.image_size}:{cfg.encoding}\n".encode())
+    for t in triples:
+        h.update(f"{t[0]}\t{t[1]}\t{t[2]}\n".encode())
+    return "sha256:" + h.hexdigest()
+
+
+def software_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("radimagenet", "pydicom", "numpy", "pillow", "pylibjpeg", "pylibjpeg-openjpeg",
+                "pylibjpeg-rle", "pyjpegls", "webdataset", "ray"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def build_manifest(cfg: IngestConfig, classes: list[str], records: list[ShardRecord],
+                   lines: list[dict], fingerprint: dict, has_masks: bool) -> dict:
+    """The completion record of a dataset (see docs/design.md)."""
+    splits: dict[str, Any] = {}
+    for split in SPLITS:
+        recs = [r for r in records if r.split == split]
+        counts = collections.Counter(classes[m["label_id"]] for r in recs for m in r.members)
+        splits[split] = {
+            "samples": sum(r.samples for r in recs),
+            "classes": {c: counts.get(c, 0) for c in classes},
+            "patients": len({m["patient"] for r in recs for m in r.members}),
+            "shards": [r.manifest_entry() for r in recs],
+        }
+    status = collections.Counter(line["status"] for line in lines)
+    reasons = collections.Counter(line["reason"].split(":")[0] for line in lines if line["status"] == "rejected")
+    return {
+        "format": FORMAT,
+        "uri": cfg.out.rstrip("/"),
+        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "classes": classes,
+        "image_size": cfg.image_size,
+        "channels": 1,
+        "encoding": cfg.encoding,
+        "has_masks": has_masks,
+        "splits": splits,
+        "counts": {
+            "inputs": len(lines),
+            "written": status.get("written", 0),
+            "rejected": status.get("rejected", 0),
+            "duplicates": status.get("duplicate", 0),
+            "rejected_by_reason": dict(sorted(reasons.items())),
+        },
+        "digest": dataset_digest(records, cfg),
+        "ingest": {
+            "source": str(Path(cfg.source).expanduser().resolve()),
+            "labels": cfg.labels,
+            "image_size": cfg.image_size,
+            "encoding": cfg.encoding,
+            "split_fractions": list(cfg.split_fractions),
+            "shard_size": cfg.shard_size,
+            "multiframe": cfg.multiframe,
+            "windows": {k: list(v) for k, v in cfg.windows.items()},
+            "patient_from": cfg.patient_from,
+            "secret_fingerprint": fingerprint["secret_fingerprint"],
+            "inputs_sha256": fingerprint["inputs_sha256"],
+        },
+        "versions": software_versions(),
+    }
+
+
+def _remove_orphans(out: S3Uri, records: list[ShardRecord]) -> None:
+    """Delete shard objects no journal names (uploaded just before an interruption, then superseded)."""
+    keep = {r.url for r in records}
+    for uri in storage.list_keys(out):
+        name = uri.rsplit("/", 1)[-1]
+        if name.endswith(".tar") and "/_journal/" not in uri and uri not in keep:
+            storage.delete(uri)
+
+
+# --- the driver ------------------------------------------------------------------------------------
+
+def ingest(cfg: IngestConfig, secret: bytes, progress: bool | None = None) -> dict:
+    """Run (or finish) an ingest and return its manifest."""
+    out = storage.parse_uri(cfg.out)
+    rows = read_inputs(cfg.source, cfg.labels)
+    classes = class_list(rows)
+    if not classes:
+        raise ConfigError(f"no usable labels in {cfg.labels or cfg.source}")
+    fingerprint = fingerprint_of(cfg, rows, classes, secret)
+    done = preflight(cfg, fingerprint)
+    has_masks = any(r.mask for r in rows)
+    ctx = Context(
+        class_ids={c: i for i, c in enumerate(classes)},
+        decode_cfg=decode.DecodeConfig(windows=dict(cfg.windows), multiframe=cfg.multiframe),
+        image_size=cfg.image_size, encoding=cfg.encoding, secret=secret,
+        fractions=tuple(cfg.split_fractions), patient_from=cfg.patient_from,
+    )
+    state = _State(first_of_key={}, split_of_patient={}, lines={})
+    for rec in done:
+        for m in rec.members:
+            state.first_of_key[m["key"]] = (m["source"], rec.split)
+            state.split_of_patient[m["patient"]] = rec.split
+            state.lines[m["index"]] = _line(m["source"], "written", key=m["key"], split=rec.split)
+    records = list(done)
+
+    def on_shard(record: ShardRecord) -> None:
+        _journal_shard(out, record)
+        records.append(record)
+
+    pending = [r for r in rows if r.index not in state.lines]
+    first = {s: 1 + max((r.index for r in done if r.split == s), default=-1) for s in SPLITS}
+    writers = {s: ShardWriter(out, s, cfg.encoding, cfg.shard_size, first[s], on_shard) for s in SPLITS}
+    bar = _progress(len(rows), len(rows) - len(pending), progress)
+    try:
+        for results in run_chunks(_chunks(pending, cfg.chunk_size), ctx, cfg.workers):
+            for res in results:
+                state.handle(res, writers)
+            bar.update(len(results))
+            bar.set_postfix(rejected=sum(1 for v in state.lines.values() if v["status"] == "rejected"))
+        for w in writers.values():
+            w.finish_shard()
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    finally:
+        bar.close()
+    lines = [state.lines[r.index] for r in rows]
+    records.sort(key=lambda r: (SPLITS.index(r.split), r.index))
+    _remove_orphans(out, records)
+    report = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    storage.write_bytes(out.join("report.jsonl"), report, "application/x-ndjson")
+    manifest = build_manifest(cfg, classes, records, lines, fingerprint, has_masks)
+    storage.write_json(out.join("manifest.json"), manifest)
+    _clear_journal(out)
+    return manifest
+
+
+def _progress(total: int, initial: int, enabled: bool | None) -> Any:
+    from tqdm import tqdm
+
+    disable = None if enabled is None else not enabled
+    return tqdm(total=total, initial=initial, unit="file", desc="ingest", disable=disable,
+                file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+
+
+def default_workers() -> int:
+    return max(1, (os.cpu_count() or 1))

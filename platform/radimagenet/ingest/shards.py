@@ -1,0 +1,141 @@
+"""WebDataset tar shards streamed to S3: ``<split>-000000.tar``, ``<split>-000001.tar``, ...
+
+A :class:`ShardWriter` is a context manager (mosaicml/streaming style). Each shard is one multipart
+upload that becomes visible only when the shard is complete; ``on_shard`` is called after that with
+the shard's record, which the driver journals. Tar members are written deterministically (fixed
+mtime, owner and mode) so equal samples give byte-identical shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from radimagenet.ingest.process import Sample
+from radimagenet.storage import S3Uri, S3Writer
+
+
+@dataclass
+class ShardRecord:
+    """What the manifest and the journal keep about one finished shard."""
+
+    split: str
+    index: int
+    url: str
+    samples: int
+    bytes: int
+    sha256: str
+    members: list[dict[str, Any]] = field(default_factory=list)  # index, source, key, label_id, patient
+
+    def manifest_entry(self) -> dict[str, Any]:
+        return {"url": self.url, "samples": self.samples, "bytes": self.bytes, "sha256": self.sha256}
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:06d}.tar"
+
+
+class _HashingSink(io.RawIOBase):
+    """Forwards writes to S3 while computing the SHA-256 of everything written."""
+
+    def __init__(self, target: S3Writer):
+        super().__init__()
+        self.target = target
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return self.target.write(data)
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o444
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+class ShardWriter:
+    """Write samples of one split into size-bounded tar shards under ``prefix``."""
+
+    def __init__(
+        self,
+        prefix: S3Uri,
+        split: str,
+        encoding: str,
+        target_bytes: int,
+        first_index: int = 0,
+        on_shard: Callable[[ShardRecord], None] | None = None,
+    ):
+        self.prefix, self.split, self.encoding = prefix, split, encoding
+        self.target_bytes = target_bytes
+        self.next_index = first_index
+        self.on_shard = on_shard
+        self.records: list[ShardRecord] = []
+        self._open: tuple[S3Writer, _HashingSink, tarfile.TarFile, ShardRecord] | None = None
+
+    def _start(self) -> None:
+        url = self.prefix.join(shard_name(self.split, self.next_index))
+        s3 = S3Writer(url)
+        sink = _HashingSink(s3)
+        tar = tarfile.open(fileobj=sink, mode="w|", format=tarfile.USTAR_FORMAT)
+        record = ShardRecord(self.split, self.next_index, str(url), 0, 0, "")
+        self._open = (s3, sink, tar, record)
+        self.next_index += 1
+
+    def write(self, sample: Sample) -> None:
+        """Append one sample; finishes the shard once it passes the target size."""
+        if self._open is None:
+            self._start()
+        s3, sink, tar, record = self._open
+        _add_member(tar, f"{sample.key}.{self.encoding}", sample.image)
+        _add_member(tar, f"{sample.key}.cls", str(sample.label_id).encode())
+        _add_member(tar, f"{sample.key}.json", sample.meta)
+        if sample.mask is not None:
+            _add_member(tar, f"{sample.key}.mask.png", sample.mask)
+        record.samples += 1
+        record.members.append(
+            {"index": sample.index, "source": sample.source, "key": sample.key,
+             "label_id": sample.label_id, "patient": sample.patient}
+        )
+        if sink.size >= self.target_bytes:
+            self.finish_shard()
+
+    def finish_shard(self) -> None:
+        """Close the open shard (if any): complete its upload, then report it."""
+        if self._open is None:
+            return
+        s3, sink, tar, record = self._open
+        self._open = None
+        tar.close()
+        s3.commit()
+        record.bytes, record.sha256 = sink.size, sink.sha.hexdigest()
+        self.records.append(record)
+        if self.on_shard:
+            self.on_shard(record)
+
+    def abort(self) -> None:
+        """Drop the open shard: its multipart upload is aborted, nothing half-written remains."""
+        if self._open is not None:
+            self._open[0].abort()
+            self._open = None
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.finish_shard()
+        else:
+            self.abort()
