@@ -1,0 +1,174 @@
+"""Ingest benchmark: per-file cost of the full ingest against dcmread + pixel decode alone (the limit).
+
+    python benchmarks/ingest.py [--files 300] [--keep-stack]
+
+Measured in one run, the ingest pinned to one core (S3 runs on the other): for uncompressed 512x512
+CT and for compressed inputs (RLE, JPEG-LS, JPEG 2000), the decode-alone rate, the full ingest rate
+(decode, window, resize, hash, encode, tar, multipart upload to the local S3), their ratio (goal:
+>= 0.6), and a per-stage breakdown. Then --workers 2 against --workers 1 on all cores (goal: ~2x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+    generate_uid,
+)
+
+from radimagenet import decode
+from radimagenet.ingest import IngestConfig, ingest
+from radimagenet.ingest.process import encode_image, pixel_key
+
+SECRET = b"benchmark-secret-0123456789"
+
+
+def ct_image(rng: np.random.Generator, size: int = 512) -> np.ndarray:
+    """A CT-like slice in stored values (HU + 1024): air, a body ellipse, organs, noise."""
+    y, x = np.mgrid[:size, :size] / size - 0.5
+    body = (x / 0.42) ** 2 + (y / 0.33) ** 2 < 1
+    hu = np.where(body, 40.0, -1000.0)
+    for _ in range(4):
+        cx, cy, r = rng.uniform(-0.2, 0.2), rng.uniform(-0.15, 0.15), rng.uniform(0.03, 0.1)
+        hu[(x - cx) ** 2 + (y - cy) ** 2 < r * r] = rng.uniform(-900, 300)
+    hu += rng.normal(0, 12, hu.shape)
+    return np.clip(hu + 1024, 0, 4095).astype(np.int16)
+
+
+def write_ct(path: Path, pixels: np.ndarray, syntax, patient: int) -> None:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.PatientID, ds.PatientName = "CT", f"BENCH{patient:05d}", f"Bench^{patient}"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+    ds.WindowCenter, ds.WindowWidth = 40, 400
+    ds.PixelData = pixels.tobytes()
+    if syntax != ExplicitVRLittleEndian:
+        ds.compress(syntax, pixels)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def make_inputs(root: Path, kind: str, syntax, n: int, rng: np.random.Generator) -> Path:
+    folder = root / kind
+    (folder / "CT/abd/normal").mkdir(parents=True)
+    for i in range(n):
+        write_ct(folder / "CT/abd/normal" / f"{i:05d}.dcm", ct_image(rng), syntax, i // 3)
+    return folder
+
+
+def decode_alone(files: list[Path]) -> float:
+    """Seconds per file for dcmread + pixel decode (the limit)."""
+    t = time.perf_counter()
+    for f in files:
+        pydicom.dcmread(f).pixel_array
+    return (time.perf_counter() - t) / len(files)
+
+
+def stages(files: list[Path], size: int) -> dict[str, float]:
+    """Seconds per file for each stage of the per-file work."""
+    cfg = decode.DecodeConfig()
+    times = dict.fromkeys(("decode+window", "resize", "hash", "encode"), 0.0)
+    for f in files:
+        t0 = time.perf_counter()
+        d = decode.decode_file(f, cfg)
+        t1 = time.perf_counter()
+        small = decode.resize(d.image, size)
+        t2 = time.perf_counter()
+        pixel_key(d.image)
+        t3 = time.perf_counter()
+        encode_image(small, "npy")
+        t4 = time.perf_counter()
+        for k, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+            times[k] += dt
+    return {k: v / len(files) for k, v in times.items()}
+
+
+def full_ingest(folder: Path, workers: int, size: int) -> float:
+    """Seconds per file for the whole ingest of ``folder`` (folder layout) into a fresh S3 prefix."""
+    out = f"s3://radimagenet/bench/{uuid.uuid4().hex[:8]}"
+    n = sum(1 for _ in folder.rglob("*.dcm"))
+    cfg = IngestConfig(source=str(folder), out=out, image_size=size, workers=workers, patient_from="dicom",
+                       shard_size=64 * 1024 * 1024)
+    t = time.perf_counter()
+    manifest = ingest(cfg, SECRET, progress=False)
+    dt = time.perf_counter() - t
+    assert manifest["counts"]["written"] + manifest["counts"]["duplicates"] == n, manifest["counts"]
+    return dt / n
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--files", type=int, default=300, help="uncompressed / RLE files (others fewer)")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--keep-stack", action="store_true", help="leave the local stack running")
+    args = ap.parse_args()
+    started = False
+    if not os.environ.get("AWS_ENDPOINT_URL"):
+        from radimagenet import stack
+
+        os.environ.update(stack.up())
+        started = True
+    rng = np.random.default_rng(0)
+    kinds = [("uncompressed", ExplicitVRLittleEndian, args.files), ("rle", RLELossless, args.files),
+             ("jpeg-ls", JPEGLSLossless, max(60, args.files // 3)),
+             ("jpeg2000", JPEG2000Lossless, max(30, args.files // 10))]
+    all_cores = os.sched_getaffinity(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        print(f"{'input':<13} {'files':>5} {'decode/s':>9} {'ingest/s':>9} {'ratio':>6}  "
+              f"per-file ms: decode+window resize hash encode tar+upload")
+        results = {}
+        for kind, syntax, n in kinds:
+            try:
+                folder = make_inputs(root, kind, syntax, n, rng)
+            except Exception as exc:  # noqa: BLE001 - an encoder may be missing
+                print(f"{kind:<13} skipped: cannot encode ({exc})")
+                continue
+            files = sorted(folder.rglob("*.dcm"))
+            os.sched_setaffinity(0, {min(all_cores)})
+            decode_alone(files[:10])  # warm up
+            limit = decode_alone(files)
+            st = stages(files, args.size)
+            full = full_ingest(folder, 1, args.size)
+            os.sched_setaffinity(0, all_cores)
+            rest = max(0.0, full - sum(st.values()))
+            results[kind] = (folder, full)
+            print(f"{kind:<13} {n:>5} {1 / limit:>9.0f} {1 / full:>9.0f} {limit / full:>6.2f}  "
+                  + " ".join(f"{v * 1e3:.2f}" for v in st.values()) + f" {rest * 1e3:.2f}")
+        print("goal: ratio (ingest rate / decode-alone rate) >= 0.60 on one core")
+        if "rle" in results and len(all_cores) >= 2:
+            folder = results["rle"][0]
+            one = full_ingest(folder, 1, args.size)
+            two = full_ingest(folder, 2, args.size)
+            print(f"workers: 1 -> {1 / one:.0f} files/s, 2 -> {1 / two:.0f} files/s, speed-up {one / two:.2f}x "
+                  f"(goal: close to 2x; {len(all_cores)} cores, S3 server and driver share them)")
+    if started and not args.keep_stack:
+        from radimagenet import stack
+
+        stack.down()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Ingest pieces that need no server: inputs, de-identification, splits, settings."""
+
+import collections
+
+import numpy as np
+import pytest
+
+from radimagenet.errors import ConfigError
+from radimagenet.ingest.config import IngestConfig, parse_size
+from radimagenet.ingest.deid import clean_meta, load_secret, patient_key, split_of
+from radimagenet.ingest.process import encode_image, pixel_key
+from radimagenet.ingest.sources import class_list, read_inputs
+
+
+def test_labels_csv_rows_and_problems(tmp_path):
+    (tmp_path / "a.dcm").write_bytes(b"x")
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,label,patient_id,split\na.dcm,CT/lung/nodule,P1,train\n,CT/lung/normal,P2,\n"
+                   "b.dcm,,P3,\nc.dcm,CT/lung/normal,P4,holdout\n")
+    rows = read_inputs(str(tmp_path), str(csv))
+    assert [r.index for r in rows] == [0, 1, 2, 3]
+    assert rows[0].label == "CT/lung/nodule" and rows[0].patient_id == "P1" and rows[0].problem is None
+    assert rows[1].problem[0] == "bad_row"
+    assert rows[2].problem[0] == "missing_label"
+    assert rows[3].problem[0] == "bad_split"
+    assert class_list(rows) == ["CT/lung/nodule"]
+
+
+def test_labels_csv_missing_columns_fails_fast(tmp_path):
+    csv = tmp_path / "labels.csv"
+    csv.write_text("file,class\na.dcm,x\n")
+    with pytest.raises(ConfigError, match=r"missing column\(s\) \['path', 'label'\]"):
+        read_inputs(str(tmp_path), str(csv))
+
+
+def test_patient_in_two_splits_in_the_csv_fails_fast(tmp_path):
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,label,patient_id,split\na.dcm,x,P1,train\nb.dcm,x,P1,test\n")
+    with pytest.raises(ConfigError, match="same patient"):
+        read_inputs(str(tmp_path), str(csv))
+
+
+def test_folder_layout_labels(tmp_path):
+    for rel in ["CT/lung/nodule/1.png", "US/gb/2.png", "stray.png"]:
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+    rows = read_inputs(str(tmp_path), None)
+    by_source = {r.source: r for r in rows}
+    assert by_source["CT/lung/nodule/1.png"].label == "CT/lung/nodule"
+    assert by_source["US/gb/2.png"].label == "US/gb"
+    assert by_source["stray.png"].problem[0] == "missing_label"
+
+
+def test_patient_key_is_keyed_and_stable():
+    a, b = b"secret-one-0123456789", b"secret-two-0123456789"
+    assert patient_key(a, "MRN1") == patient_key(a, "MRN1")
+    assert patient_key(a, "MRN1") != patient_key(b, "MRN1")
+    assert "MRN1" not in patient_key(a, "MRN1") and len(patient_key(a, "MRN1")) == 16
+
+
+def test_split_fractions_are_respected():
+    secret = b"0123456789abcdef0123"
+    counts = collections.Counter(split_of(patient_key(secret, f"P{i}"), (0.8, 0.1, 0.1)) for i in range(5000))
+    assert 0.77 < counts["train"] / 5000 < 0.83
+    assert 0.08 < counts["val"] / 5000 < 0.12
+    assert split_of("0" * 16, (0.0, 0.0, 1.0)) == "test"
+
+
+def test_meta_whitelist_drops_everything_else():
+    meta = {"modality": "CT", "rows": 512, "PatientName": "X", "StudyDate": "2020", "uid": "1.2.3"}
+    assert clean_meta(meta) == {"modality": "CT", "rows": 512}
+
+
+def test_secret_from_home_is_created_once(tmp_path, monkeypatch):
+    monkeypatch.delenv("RADIMAGENET_DEID_SECRET", raising=False)
+    first = load_secret(home=tmp_path)
+    assert load_secret(home=tmp_path) == first and len(first) >= 32
+    assert (tmp_path / "deid-secret").stat().st_mode & 0o077 == 0
+    monkeypatch.setenv("RADIMAGENET_DEID_SECRET", "short")
+    with pytest.raises(ConfigError):
+        load_secret(home=tmp_path)
+
+
+def test_config_validation_and_sizes():
+    assert parse_size("256MB") == 256 * 1024**2 and parse_size("64KiB") == 65536 and parse_size("1000") == 1000
+    with pytest.raises(ConfigError):
+        parse_size("lots")
+    with pytest.raises(ConfigError, match="summing to 1"):
+        IngestConfig(source=".", out="s3://b/p", split_fractions=(0.5, 0.1, 0.1))
+    with pytest.raises(ConfigError, match="encoding"):
+        IngestConfig(source=".", out="s3://b/p", encoding="jpeg")
+
+
+def test_pixel_key_and_encodings_are_lossless():
+    img = (np.arange(64 * 48) % 251).astype(np.uint8).reshape(64, 48)
+    assert pixel_key(img) == pixel_key(img.copy()) != pixel_key(img.T.copy())
+    import io
+
+    from PIL import Image
+
+    assert np.array_equal(np.load(io.BytesIO(encode_image(img, "npy")), allow_pickle=False), img)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(encode_image(img, "png")))), img)
