@@ -1,0 +1,43 @@
+"""Shared fixtures: ``stack_env`` starts one local stack (S3, MLflow, Ray head) for the whole session.
+
+The stack runs in a temporary home with ports from ``RADIMAGENET_TEST_PORT_BASE`` (default 24000,
+the stack uses base..base+17), so several test sessions on one machine can coexist when each picks
+its own base. Its client variables (AWS_*, MLFLOW_*, RAY_*) are put into ``os.environ`` for the
+session, so boto3, mlflow and Ray clients in tests find it without arguments.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Start a stack for the session; yield its env (also put into ``os.environ``); stop it at the end."""
+    from radimagenet import stack
+
+    home = tmp_path_factory.mktemp("stack")
+    saved = dict(os.environ)
+    for name in stack.PORTS:
+        os.environ.pop(f"RADIMAGENET_{name.upper()}_PORT", None)
+    os.environ["RADIMAGENET_PORT_BASE"] = os.environ.get("RADIMAGENET_TEST_PORT_BASE", "24000")
+    try:
+        env = stack.up(home)
+        os.environ.update(env)
+        yield env
+    finally:
+        try:
+            stack.down(home)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+
+@pytest.fixture
+def s3_prefix(stack_env: dict[str, str]) -> str:
+    """A fresh ``s3://radimagenet/tests/<random>`` prefix on the session stack."""
+    return f"s3://radimagenet/tests/{uuid.uuid4().hex[:12]}"
