@@ -43,19 +43,20 @@ def parse_uri(uri: str | S3Uri) -> S3Uri:
     return S3Uri(bucket, key.strip("/"))
 
 
-def _config_key() -> tuple[str | None, ...]:
+def _config_key() -> tuple[str | int | None, ...]:
+    """The environment a client was made for, and the process (boto3 clients are not fork-safe)."""
     return tuple(
         os.environ.get(k)
         for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
-    )
+    ) + (os.getpid(),)
 
 
 @functools.lru_cache(maxsize=8)
-def _client_for(key: tuple[str | None, ...]) -> Any:
+def _client_for(key: tuple[str | int | None, ...]) -> Any:
     import boto3
     from botocore.config import Config
 
-    endpoint, _, _, region = key
+    endpoint, _, _, region, _ = key
     config = Config(
         retries={"max_attempts": 5, "mode": "standard"},
         s3={"addressing_style": "path"},

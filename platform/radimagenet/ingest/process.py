@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,6 +55,10 @@ class Reject:
     detail: str
 
 
+class MaskMismatch(Exception):
+    """The mask's size differs from its image's."""
+
+
 def pixel_key(image: np.ndarray) -> str:
     """Content key: SHA-256 of the decoded full-resolution uint8 pixels and their shape."""
     h = hashlib.sha256(f"{image.shape[0]}x{image.shape[1]}:".encode())
@@ -97,13 +102,15 @@ def process_row(row: InputRow, ctx: Context) -> Sample | Reject:
     """Turn one input into a sample, or a reject with a reason."""
     if row.problem:
         return Reject(row.index, row.source, *row.problem)
+    if not os.path.isfile(row.path):
+        return Reject(row.index, row.source, "missing_file", f"{row.source} does not exist or is not a file")
     try:
         decoded = decode.decode_file(row.path, ctx.decode_cfg)
         mask = _load_mask(row, decoded.image.shape, ctx.image_size)
+    except MaskMismatch as exc:
+        return Reject(row.index, row.source, "mask_size_mismatch", str(exc))
     except decode.Rejected as exc:
         return Reject(row.index, row.source, exc.reason, exc.detail)
-    except FileNotFoundError:
-        return Reject(row.index, row.source, "missing_file", f"{row.source} does not exist")
     except Exception as exc:  # noqa: BLE001 - a bug in one file's decoding must not stop the run
         return Reject(row.index, row.source, "decode_failed", f"{type(exc).__name__}: {exc}")
     identity, origin = _patient_identity(row, decoded, ctx)
@@ -133,10 +140,7 @@ def _load_mask(row: InputRow, shape: tuple[int, ...], size: int) -> bytes | None
         return None
     mask = decode.decode_mask(row.mask)
     if mask.shape[:2] != tuple(shape[:2]):
-        raise decode.Rejected(
-            "mask_size_mismatch",
-            f"mask {mask.shape[1]}x{mask.shape[0]} does not match image {shape[1]}x{shape[0]}",
-        )
+        raise MaskMismatch(f"mask {mask.shape[1]}x{mask.shape[0]} does not match image {shape[1]}x{shape[0]}")
     return encode_mask(decode.resize_mask(mask, size))
 
 
