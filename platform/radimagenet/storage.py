@@ -209,7 +209,9 @@ class S3Writer(io.RawIOBase):
     """A write-only file object that streams to S3 with a multipart upload.
 
     Use as a context manager: the object appears only when the block exits cleanly; on an
-    exception the upload is aborted and nothing is left behind. Memory is bounded by ``part_size``.
+    exception the upload is aborted and nothing is left behind. Parts are uploaded by a background
+    thread while the caller keeps writing (the request waits on the network, not the CPU); memory is
+    bounded by two parts.
     """
 
     def __init__(self, uri: str | S3Uri, part_size: int = PART_SIZE):
@@ -217,8 +219,9 @@ class S3Writer(io.RawIOBase):
         self.uri = parse_uri(uri)
         self.part_size = max(part_size, 5 * 1024 * 1024)
         self._buf = bytearray()
-        self._parts: list[dict[str, Any]] = []
+        self._parts: list[Any] = []  # futures of {"PartNumber", "ETag"}
         self._upload_id: str | None = None
+        self._pool: Any = None
         self.bytes_written = 0
 
     def writable(self) -> bool:
@@ -233,51 +236,74 @@ class S3Writer(io.RawIOBase):
             self._flush_part()
         return len(data)
 
-    def _flush_part(self) -> None:
-        c = client()
+    def _upload_part(self, number: int, body: bytes) -> dict[str, Any]:
         try:
-            if self._upload_id is None:
-                self._upload_id = c.create_multipart_upload(Bucket=self.uri.bucket, Key=self.uri.key)["UploadId"]
-            number = len(self._parts) + 1
-            resp = c.upload_part(
-                Bucket=self.uri.bucket, Key=self.uri.key, UploadId=self._upload_id,
-                PartNumber=number, Body=bytes(self._buf),
+            resp = client().upload_part(
+                Bucket=self.uri.bucket, Key=self.uri.key, UploadId=self._upload_id, PartNumber=number, Body=body
             )
         except Exception as exc:  # noqa: BLE001
             raise _wrap(exc, self.uri) from exc
-        self._parts.append({"PartNumber": number, "ETag": resp["ETag"]})
+        return {"PartNumber": number, "ETag": resp["ETag"]}
+
+    def _flush_part(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._upload_id is None:
+            try:
+                self._upload_id = client().create_multipart_upload(Bucket=self.uri.bucket, Key=self.uri.key)[
+                    "UploadId"
+                ]
+            except Exception as exc:  # noqa: BLE001
+                raise _wrap(exc, self.uri) from exc
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3-upload")
+        if self._parts:
+            self._parts[-1].result()  # at most one part in flight: bounded memory, errors surface early
+        self._parts.append(self._pool.submit(self._upload_part, len(self._parts) + 1, bytes(self._buf)))
         self._buf.clear()
 
     def commit(self) -> None:
         """Finish the upload (small objects are sent with one PUT)."""
         if self.closed:
             return
-        c = client()
         try:
             if self._upload_id is None:
-                c.put_object(Bucket=self.uri.bucket, Key=self.uri.key, Body=bytes(self._buf))
+                try:
+                    client().put_object(Bucket=self.uri.bucket, Key=self.uri.key, Body=bytes(self._buf))
+                except Exception as exc:  # noqa: BLE001
+                    raise _wrap(exc, self.uri) from exc
             else:
                 if self._buf:
                     self._flush_part()
-                c.complete_multipart_upload(
-                    Bucket=self.uri.bucket, Key=self.uri.key, UploadId=self._upload_id,
-                    MultipartUpload={"Parts": self._parts},
-                )
-        except Exception as exc:  # noqa: BLE001
-            raise _wrap(exc, self.uri) from exc
-        finally:
-            self._buf.clear()
-            super().close()
+                parts = [f.result() for f in self._parts]
+                try:
+                    client().complete_multipart_upload(
+                        Bucket=self.uri.bucket, Key=self.uri.key, UploadId=self._upload_id,
+                        MultipartUpload={"Parts": parts},
+                    )
+                except Exception as exc:  # noqa: BLE001
+                    raise _wrap(exc, self.uri) from exc
+        except BaseException:
+            self.abort()
+            raise
+        self._close()
 
     def abort(self) -> None:
         """Drop everything written so far."""
+        for f in self._parts:
+            f.cancel()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         if self._upload_id is not None:
             try:
-                client().abort_multipart_upload(
-                    Bucket=self.uri.bucket, Key=self.uri.key, UploadId=self._upload_id
-                )
+                client().abort_multipart_upload(Bucket=self.uri.bucket, Key=self.uri.key, UploadId=self._upload_id)
             except Exception:  # noqa: BLE001 - best effort cleanup
                 pass
+        self._close()
+
+    def _close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
         self._buf.clear()
         super().close()
 
