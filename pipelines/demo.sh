@@ -7,27 +7,33 @@ WORK="$RADIMAGENET_HOME/demo"
 RUN="demo-$(date +%Y%m%d-%H%M%S)"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "1/5 local stack: S3 (SeaweedFS), MLflow, Ray head"
+step "1/7 local stack: S3 (SeaweedFS), MLflow, Ray head"
 radimagenet stack up
 eval "$(radimagenet stack env)"
 
-step "2/5 synthetic corpus: DICOM key images with planted PHI, duplicates, a blank and a truncated file"
+step "2/7 synthetic corpus: DICOM key images with planted PHI, duplicates, a blank and a truncated file"
 rm -rf "$WORK" && mkdir -p "$WORK"
 radimagenet synth --out "$WORK/pretrain" --images 600 --seed 0
 radimagenet synth --out "$WORK/downstream" --images 300 --seed 1 --task downstream
 
-step "3/5 ingest: decode, de-identify, split by patient, shard to S3"
+step "3/7 ingest: decode, de-identify, split by patient, shard to S3"
 radimagenet ingest "$WORK/pretrain" --labels "$WORK/pretrain/labels.csv" \
   --out "s3://radimagenet/datasets/$RUN/pretrain" --image-size 96 --shard-size 1MB --workers 2
 radimagenet ingest "$WORK/downstream" --labels "$WORK/downstream/labels.csv" \
   --out "s3://radimagenet/datasets/$RUN/downstream" --image-size 96 --shard-size 1MB --workers 2
 
-step "4/5 inspect and verify"
+step "4/7 inspect and verify"
 radimagenet dataset inspect "s3://radimagenet/datasets/$RUN/pretrain"
 radimagenet dataset verify "s3://radimagenet/datasets/$RUN/pretrain"
 radimagenet dataset inspect "s3://radimagenet/datasets/$RUN/downstream"
 
-step "5/5 done"
+step "5/7 pretrain a small backbone on 2 CPU Ray Train workers, register it in MLflow"
+radimagenet pretrain --config pipelines/demo-pretrain.yaml \
+  data.manifest="s3://radimagenet/datasets/$RUN/pretrain/manifest.json" tracking.run_name="$RUN"
+radimagenet registry list radimagenet-demo
+radimagenet registry promote radimagenet-demo candidate --alias champion
+
+step "7/7 done"
 echo "MLflow UI:     $MLFLOW_TRACKING_URI"
 echo "Ray dashboard: $RAY_ADDRESS"
 echo "datasets:      s3://radimagenet/datasets/$RUN/{pretrain,downstream}"

@@ -11,7 +11,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ls.add_argument("name", nargs="?", help="only this registered model")
     promote = sub.add_parser("promote", help="point an alias (default: champion) at a version")
     promote.add_argument("name")
-    promote.add_argument("version")
+    promote.add_argument("version", help="a version number, an alias it carries now (e.g. candidate), or latest")
     promote.add_argument("--alias", default="champion")
 
 
@@ -28,8 +28,11 @@ def run(args: argparse.Namespace) -> int:
     uri = tracking.tracking_uri()
     tracking.check_reachable(uri)
     if args.action == "promote":
-        tracking.set_alias(uri, args.name, args.version, args.alias)
-        print(f"{args.name} version {args.version} is now @{args.alias}")
+        v = args.version
+        ref = f"{args.name}/{v}" if v.isdigit() else args.name if v == "latest" else f"{args.name}@{v}"
+        version = str(tracking.resolve_backbone(uri, ref).version)
+        tracking.set_alias(uri, args.name, version, args.alias)
+        print(f"{args.name} version {version} is now @{args.alias}")
         return 0
     rows = tracking.list_backbones(uri, args.name)
     header = ("NAME", "VERSION", "ALIASES", "ARCH", "DATASET", "TOP-1", "AUC")
