@@ -1,0 +1,30 @@
+"""``radimagenet compare --backbones A B [...] --data URI --seeds 3 [key=value ...]``: initialisations head to head."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbones", nargs="+", required=True, metavar="INIT",
+                        help="initialisations: registry references (NAME@alias, NAME/VERSION), scratch, imagenet")
+    parser.add_argument("--data", required=True, help="dataset made by `radimagenet ingest` (s3://BUCKET/PREFIX)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per initialisation (paired across them)")
+    parser.add_argument("--config", help="fine-tuning preset (e.g. pipelines/finetune-classification.yaml)")
+    parser.add_argument("--reference", help="the initialisation the others are tested against (default: the first)")
+    parser.add_argument("--run-name", default="", help="parent run name (children: <name>-<init>-s<seed>)")
+    parser.add_argument("--in-process", action="store_true", help="run every fine-tuning in this process (no Ray)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="fine-tuning overrides for every run, e.g. model.arch=resnet50 train.epochs=20")
+
+
+def run(args: argparse.Namespace) -> int:
+    from radimagenet.compare import compare
+
+    result = compare(args.backbones, args.data, seeds=args.seeds, config_path=args.config,
+                     overrides=args.overrides, reference=args.reference, run_name=args.run_name,
+                     in_process=args.in_process)
+    print(f"comparison {result.run_name}: MLflow parent run {result.parent_run_id} "
+          f"({len(result.runs)} nested fine-tuning runs)\n")
+    print(result.markdown, end="")
+    return 0

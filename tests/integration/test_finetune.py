@@ -1,0 +1,234 @@
+"""Fine-tuning against the local stack, on the synthetic downstream task (liver lesion yes/no + masks).
+
+synthesize -> ingest (64 px, masks) -> shards on S3; a tiny backbone is pretrained on the synthetic
+pretrain corpus with the pretraining API and registered. Then: classification on 2 Ray workers with
+Grad-CAM and localisation scores, segmentation (U-Net on the registered encoder), the comparison of the
+pretrained backbone against scratch over 3 seeds, and bad inputs that must fail before any run exists.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import helpers_shards  # noqa: E402
+
+ARCH = "resnet10t"
+SIZE = 64
+SECRET = b"test-secret-finetune-0123456789"
+EXPERIMENT = "test-finetune"
+
+
+_ASSETS: dict[str, dict[str, str]] = {}
+
+
+def assets(endpoint: str, workdir: str) -> dict[str, str]:
+    """Datasets and a registered backbone, built once per stack (keyed by its S3 endpoint; the notebook
+    test reuses them)."""
+    if endpoint not in _ASSETS:
+        _ASSETS[endpoint] = build_assets(workdir)
+    return _ASSETS[endpoint]
+
+
+def build_assets(workdir: str) -> dict[str, str]:
+    """synthesize -> ingest (64 px) both corpora; pretrain + register a tiny backbone on the pretrain one."""
+    from radimagenet.config import load_config
+    from radimagenet.ingest import IngestConfig, ingest
+    from radimagenet.synth import synthesize
+    from radimagenet.train.config import PretrainConfig
+    from radimagenet.train.launch import pretrain
+
+    root, prefix = Path(workdir), f"s3://radimagenet/tests/finetune/{uuid.uuid4().hex[:8]}"
+    helpers_shards.ensure_bucket(prefix)
+    uris = {}
+    for name, images, seed, task, split in (("pretrain", 400, 0, "pretrain", (0.8, 0.1, 0.1)),
+                                            ("downstream", 240, 1, "downstream", (0.6, 0.2, 0.2))):
+        synthesize(root / name, images=images, seed=seed, task=task)
+        cfg = IngestConfig(source=str(root / name), labels=str(root / name / "labels.csv"), out=f"{prefix}/{name}",
+                           image_size=SIZE, shard_size=48 * 1024, workers=1, split_fractions=split)
+        ingest(cfg, SECRET, progress=False)
+        uris[name] = f"{prefix}/{name}"
+    name = f"test-ft-{uuid.uuid4().hex[:6]}"
+    result = pretrain(load_config(PretrainConfig, None, [
+        f"data.manifest={uris['pretrain']}", f"model.arch={ARCH}", "data.num_workers=0", "train.epochs=4",
+        "train.batch_size=32", "train.lr=0.003", "train.optimizer=adamw", "train.weight_decay=0.01",
+        "train.warmup_epochs=0.5", "train.log_every=5", "scaling.num_workers=1", f"tracking.experiment={EXPERIMENT}-pre",
+        f"tracking.run_name={name}", f"registry.name={name}", f"checkpoint.storage_path={root / 'ckpt'}"]),
+        in_process=True)
+    print(f"\n[assets] pretrained {name}: {result.metrics}")
+    return {**uris, "backbone": f"{name}@candidate", "pretrain_val_top1": str(result.metrics["val/top1"])}
+
+
+@pytest.fixture(scope="module")
+def data(stack_env, tmp_path_factory) -> Iterator[dict[str, str]]:
+    yield assets(os.environ["AWS_ENDPOINT_URL"], str(tmp_path_factory.mktemp("finetune-assets")))
+    import ray
+
+    if ray.is_initialized():  # disconnect before the stack stops: a driver whose GCS dies exits the process
+        ray.shutdown()
+
+
+def overrides(data: dict, run_name: str, tmp: Path, **extra) -> list[str]:
+    base = {"data.manifest": data["downstream"], "backbone": data["backbone"], "model.arch": ARCH,
+            "data.num_workers": 0, "train.epochs": 2, "train.batch_size": 32, "train.lr": 1e-3,
+            "train.log_every": 2, "eval.n_boot": 200, "scaling.num_workers": 1,
+            "tracking.experiment": EXPERIMENT, "tracking.run_name": run_name,
+            "checkpoint.storage_path": str(tmp / "ckpt")}
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def config(*args, **kw):
+    from radimagenet.config import load_config
+    from radimagenet.finetune import FinetuneConfig
+
+    return load_config(FinetuneConfig, None, overrides(*args, **kw))
+
+
+def runs_named(run_name: str, experiment: str = EXPERIMENT) -> list:
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient()
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return c.search_runs([exp.experiment_id], filter_string=f"tags.`radimagenet.run_name` = '{run_name}'")
+
+
+def artifacts(run_id: str, path: str = "") -> list[str]:
+    from mlflow.tracking import MlflowClient
+
+    out = []
+    for a in MlflowClient().list_artifacts(run_id, path):
+        out += artifacts(run_id, a.path) if a.is_dir else [a.path]
+    return out
+
+
+def test_classification_on_two_ray_workers_with_gradcam(data, tmp_path):
+    from radimagenet.finetune import finetune
+
+    run_name = f"cls-{uuid.uuid4().hex[:6]}"
+    result = finetune(config(data, run_name, tmp_path, **{
+        "scaling.num_workers": 2, "checkpoint.storage_path": "s3://radimagenet/test-checkpoints/finetune",
+        "eval.gradcam_samples": 4}))
+    m = result.metrics
+    assert 0 <= m["test_auc_ci_low"] <= m["test_auc"] <= m["test_auc_ci_high"] <= 1, m
+    for key in ("test_accuracy", "test_sensitivity", "test_specificity", "test_threshold",
+                "test_gradcam_energy_on_lesion", "test_gradcam_pointing_game", "test_gradcam_lesion_area_fraction"):
+        assert key in m and np.isfinite(m[key]), key
+    assert 1 <= m["best_epoch"] <= 2
+
+    [run] = runs_named(run_name)
+    assert run.info.status == "FINISHED" and run.info.run_id == result.run_id
+    assert {"test_auc", "test_auc_ci_low", "test_gradcam_pointing_game", "val/loss", "train/epoch_loss"} <= set(
+        run.data.metrics)
+    assert run.data.metrics["val/samples"] > 0  # gathered across both ranks: every val sample once
+    name, version = result.backbone.split("/")
+    tags, params = run.data.tags, run.data.params
+    assert tags["radimagenet.backbone_version"] == version and tags["radimagenet.backbone_name"] == name
+    assert tags["radimagenet.backbone_ref"] == data["backbone"] and params["resolved_backbone"] == result.backbone
+    assert tags["radimagenet.dataset_digest"].startswith("sha256:") and run.inputs.dataset_inputs
+    assert params["train.optimizer"] == "adam" and params["model.drop_rate"] == "0.5"
+    files = artifacts(result.run_id)
+    assert {"plots/roc.png", "plots/confusion_matrix.png", "predictions/test.csv", "config/finetune.yaml",
+            "model/model.safetensors", "model/backbone.json"} <= set(files), files
+    assert len([f for f in files if "gradcam" in f]) == 4
+    print(f"\n[classification] {result.metrics}")
+
+
+def test_segmentation_unet_on_the_registered_encoder(data, tmp_path):
+    from radimagenet.finetune import finetune
+
+    run_name = f"seg-{uuid.uuid4().hex[:6]}"
+    result = finetune(config(data, run_name, tmp_path, task="segmentation", **{
+        "train.epochs": 1, "train.batch_size": 16, "eval.overlay_samples": 3}), in_process=True)
+    m = result.metrics
+    assert 0 <= m["test_dice"] <= 1 and m["test_n"] > 0 and "test_dice_lesion" in m, m
+    [run] = runs_named(run_name)
+    assert "test_dice" in run.data.metrics and run.data.tags["radimagenet.task"] == "segmentation"
+    files = artifacts(result.run_id)
+    assert len([f for f in files if f.startswith("overlays/segmentation_")]) == 3, files
+    print(f"\n[segmentation] {m}")
+
+
+def test_compare_pretrained_backbone_against_scratch(data, tmp_path, capsys):
+    """3 seeds x {pretrained backbone, scratch}; the table, nesting and tests, and the measured AUCs."""
+    from mlflow.tracking import MlflowClient
+
+    from radimagenet.cli import main
+
+    run_name = f"cmp-{uuid.uuid4().hex[:6]}"
+    argv = ["compare", "--backbones", data["backbone"], "scratch", "--data", data["downstream"], "--seeds", "3",
+            "--in-process", "--run-name", run_name,
+            *[o for o in overrides(data, run_name, tmp_path, **{
+                "eval.gradcam_samples": 0, "eval.gradcam_max_images": 0, "eval.log_model": "false"})
+              if not o.startswith(("backbone=", "data.manifest=", "tracking.run_name="))]]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| Initialisation |" in out and "scratch" in out and "p (DeLong)" in out
+
+    [parent] = runs_named(run_name)
+    c = MlflowClient()
+    children = c.search_runs([parent.info.experiment_id],
+                             filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(children) == 6 and all(r.info.status == "FINISHED" for r in children)
+    assert {"compare/table.md", "compare/table.csv", "compare/pairwise.csv", "compare/runs.csv"} <= set(
+        artifacts(parent.info.run_id))
+    pm = parent.data.metrics
+    pre, scratch = data["backbone"].replace("@", "-"), "scratch"
+    for init in (pre, scratch):
+        assert 0 <= pm[f"{init}/test_auc_mean"] <= 1
+    assert 0 <= pm[f"{scratch}/p_delong"] <= 1 and 0 <= pm[f"{scratch}/p_ttest"] <= 1
+    delta = pm[f"{pre}/test_auc_mean"] - pm[f"{scratch}/test_auc_mean"]
+    print(f"\n[compare] pretrained {pm[f'{pre}/test_auc_mean']:.4f} ± {pm[f'{pre}/test_auc_sd']:.4f}, "
+          f"scratch {pm[f'{scratch}/test_auc_mean']:.4f} ± {pm[f'{scratch}/test_auc_sd']:.4f}, "
+          f"delta {delta:+.4f}\n{out}")
+    # Measured on 2 CPU cores at 64 px, 2 epochs: both initialisations sit near chance on this tiny,
+    # low-contrast lesion task, so "pretrained beats scratch" is not reliable here. The well-defined
+    # weaker property: fine-tuning from the pretrained backbone is not worse than scratch by more
+    # than the test set's sampling noise (a 0.15 AUC non-inferiority margin on ~20 test images).
+    assert delta > -0.15, out
+
+
+def test_bad_inputs_fail_before_any_run(data, tmp_path, monkeypatch, capsys):
+    from radimagenet.cli import main
+    from radimagenet.errors import ConfigError
+    from radimagenet.finetune import finetune
+    from radimagenet.tracking import TrackingError
+
+    def fails(exc, match, **extra):
+        run_name = f"bad-{uuid.uuid4().hex[:6]}"
+        with pytest.raises(exc, match=match):
+            finetune(config(data, run_name, tmp_path, **extra), in_process=True)
+        assert runs_named(run_name) == []
+
+    fails(TrackingError, "no registered backbone named 'no-such-backbone'", backbone="no-such-backbone@champion")
+    fails(ConfigError, "needs lesion masks", task="segmentation", **{"data.manifest": data["pretrain"]})
+    fails(ConfigError, "eval.metrics=binary needs exactly 2 classes",
+          **{"data.manifest": data["pretrain"], "eval.metrics": "binary"})
+
+    one_class = f"s3://radimagenet/tests/finetune/one-{uuid.uuid4().hex[:6]}"
+    helpers_shards.write_test_dataset(one_class, {"train": 64, "val": 16, "test": 16}, 32, image_size=SIZE,
+                                      num_classes=1)
+    fails(ConfigError, "at least 2 classes", **{"data.manifest": one_class})
+
+    small = f"s3://radimagenet/tests/finetune/badmask-{uuid.uuid4().hex[:6]}"
+    monkeypatch.setattr(helpers_shards, "default_mask", lambda image: np.zeros((16, 16), np.uint8))
+    helpers_shards.write_test_dataset(small, {"train": 64, "val": 16, "test": 16}, 32, image_size=SIZE,
+                                      num_classes=2, masks=True)
+    fails(ConfigError, r"mask of size \(16, 16\) but its image is \(64, 64\)", task="segmentation",
+          **{"data.manifest": small})
+
+    # the CLI prints one line, no traceback
+    assert main(["finetune", *overrides(data, "bad-cli", tmp_path, backbone="no-such-backbone")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no registered backbone" in err[0], err
