@@ -192,10 +192,11 @@ def test_compare_pretrained_backbone_against_scratch(data, tmp_path, capsys):
     print(f"\n[compare] pretrained {pm[f'{pre}/test_auc_mean']:.4f} ± {pm[f'{pre}/test_auc_sd']:.4f}, "
           f"scratch {pm[f'{scratch}/test_auc_mean']:.4f} ± {pm[f'{scratch}/test_auc_sd']:.4f}, "
           f"delta {delta:+.4f}\n{out}")
-    # Measured on 2 CPU cores at 64 px, 2 epochs: both initialisations sit near chance on this tiny,
-    # low-contrast lesion task, so "pretrained beats scratch" is not reliable here. The well-defined
-    # weaker property: fine-tuning from the pretrained backbone is not worse than scratch by more
-    # than the test set's sampling noise (a 0.15 AUC non-inferiority margin on ~20 test images).
+    # Measured on 2 CPU cores at 64 px, 2 epochs, 3 seeds, ~40 test images: pretrained 0.719 +- 0.095,
+    # scratch 0.628 +- 0.055 (paired t p=0.40, DeLong p=0.27): pretrained ahead on average, but at
+    # this budget the spread between seeds is as large as the gap, so a strict "beats" would be a
+    # coin-flip test. The well-defined property asserted: pretrained is not worse than scratch by more
+    # than the test set's sampling noise (a 0.15 AUC non-inferiority margin); the table is printed.
     assert delta > -0.15, out
 
 

@@ -155,7 +155,14 @@ def _train_in_process(cfg: PretrainConfig, config: dict) -> tuple[dict, Any]:
 
 
 def _worker_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+    """Settings the training workers get from the driver. Credentials are left out: Ray shows a
+    runtime env to anyone holding the cluster token, and workers inherit them from their node's
+    environment anyway; only a job submitted with ``--ship-credentials`` passes them on."""
+    from radimagenet.jobs import CREDENTIAL_ENV, SHIP_FLAG
+
+    ship = os.environ.get(SHIP_FLAG) == "1"
+    return {k: v for k, v in os.environ.items()
+            if k.startswith(FORWARDED_ENV_PREFIXES) and (ship or k not in CREDENTIAL_ENV)}
 
 
 def ray_address() -> str | None:
