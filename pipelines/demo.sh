@@ -33,6 +33,17 @@ radimagenet pretrain --config pipelines/demo-pretrain.yaml \
 radimagenet registry list radimagenet-demo
 radimagenet registry promote radimagenet-demo candidate --alias champion
 
+step "6/7 fine-tune the pretrained backbone and a scratch model on the synthetic lesion task"
+DOWN="s3://radimagenet/datasets/$RUN/downstream"
+radimagenet finetune --config pipelines/demo-finetune.yaml backbone=radimagenet-demo@champion \
+  data.manifest="$DOWN" tracking.run_name="$RUN-pretrained" | tee "$WORK/pretrained.txt"
+radimagenet finetune --config pipelines/demo-finetune.yaml init=scratch backbone= \
+  data.manifest="$DOWN" tracking.run_name="$RUN-scratch" | tee "$WORK/scratch.txt"
+echo
+echo "pretrained backbone: $(grep -o 'test AUC [^,]*' "$WORK/pretrained.txt" | tail -1)"
+echo "scratch:             $(grep -o 'test AUC [^,]*' "$WORK/scratch.txt" | tail -1)"
+echo "(one seed each; for a statistically tested comparison over seeds: radimagenet compare --help)"
+
 step "7/7 done"
 echo "MLflow UI:     $MLFLOW_TRACKING_URI"
 echo "Ray dashboard: $RAY_ADDRESS"
