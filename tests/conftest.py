@@ -9,10 +9,22 @@ session, so boto3, mlflow and Ray clients in tests find it without arguments.
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 
 import pytest
+
+
+def _refresh_ray_auth() -> None:
+    """Ray reads RAY_AUTH_MODE / RAY_AUTH_TOKEN once per process and caches them; when a test module
+    imported ray before the stack's variables were set (or after they are restored), re-read them."""
+    if "ray" not in sys.modules:
+        return
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 @pytest.fixture(scope="session")
@@ -28,13 +40,17 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
     try:
         env = stack.up(home)
         os.environ.update(env)
+        _refresh_ray_auth()
         yield env
     finally:
         try:
+            if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+                sys.modules["ray"].shutdown()  # a driver whose cluster dies takes the process with it
             stack.down(home)
         finally:
             os.environ.clear()
             os.environ.update(saved)
+            _refresh_ray_auth()
 
 
 @pytest.fixture
