@@ -139,6 +139,8 @@ def main() -> int:
         print(f"{'input':<13} {'files':>5} {'decode/s':>9} {'ingest/s':>9} {'ratio':>6}  "
               f"per-file ms: decode+window resize hash encode tar+upload")
         results = {}
+        # one small ingest first: S3 client, connection pool and imports are one-time costs
+        full_ingest(make_inputs(root, "warmup-serial", ExplicitVRLittleEndian, 8, rng), 1, args.size)
         for kind, syntax, n in kinds:
             try:
                 folder = make_inputs(root, kind, syntax, n, rng)
