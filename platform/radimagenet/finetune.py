@@ -923,38 +923,9 @@ def _run_in_process(cfg: FinetuneConfig, config: dict) -> dict[str, float]:
 
 def _run_with_ray(cfg: FinetuneConfig, config: dict) -> dict[str, float]:
     """The same loop on ``scaling.num_workers`` Ray Train workers (restarts from the last checkpoint)."""
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from radimagenet.train.launch import fit_with_ray
 
-    from radimagenet.train.launch import (
-        TrainingError,
-        _root_cause,
-        _worker_env,
-        ray_address,
-        storage_filesystem,
-    )
-
-    if not ray.is_initialized():
-        address = ray_address()
-        ray.init(address=address, log_to_driver=True,
-                 runtime_env={"env_vars": {"RAY_ADDRESS": address}} if address else None)
-    fs, path = storage_filesystem(cfg.checkpoint.storage_path)
-    trainer = TorchTrainer(
-        ray_finetune_fn, train_loop_config=config,
-        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                     resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
-        run_config=RunConfig(name=cfg.tracking.run_name, storage_path=path, storage_filesystem=fs,
-                             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
-                             worker_runtime_env={"env_vars": _worker_env()}))
-    try:
-        result = trainer.fit()
-    except Exception as exc:  # noqa: BLE001 - one clear line; the cause stays chained
-        raise TrainingError(f"fine-tuning run {cfg.tracking.run_name!r} failed: {_root_cause(exc)}") from exc
-    if result.error is not None:
-        raise TrainingError(f"fine-tuning run {cfg.tracking.run_name!r} failed: {_root_cause(result.error)}")
+    fit_with_ray(ray_finetune_fn, cfg, config, what="fine-tuning")
     # Ray's result.metrics are those of the last checkpoint (the last epoch): the test report is rank 0's artifact
     return json.loads(download_text(tracking.tracking_uri(cfg.tracking.uri), cfg.tracking.run_id, REPORT_FILE))
 

@@ -184,12 +184,13 @@ def ray_address() -> str | None:
     return f"{urlparse(address).hostname}:{port}"
 
 
-def _train_with_ray(cfg: PretrainConfig, config: dict) -> tuple[dict, Any]:
+def fit_with_ray(train_fn: Any, cfg: Any, config: dict, what: str = "training") -> Any:
+    """Run ``train_fn(config)`` on ``cfg.scaling.num_workers`` Ray Train workers (DDP, restarts from
+    the last checkpoint on failure) and return Ray's result. ``cfg`` is a pretraining or fine-tuning
+    config: both have ``scaling``, ``checkpoint`` and ``tracking.run_name``."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-
-    from radimagenet.train.loop import ray_train_fn
 
     connect = not ray.is_initialized()  # a connection we make, we close (the cluster may go away later)
     if connect:
@@ -198,7 +199,7 @@ def _train_with_ray(cfg: PretrainConfig, config: dict) -> tuple[dict, Any]:
                  runtime_env={"env_vars": {"RAY_ADDRESS": address}} if address else None)
     fs, path = storage_filesystem(cfg.checkpoint.storage_path)
     trainer = TorchTrainer(
-        ray_train_fn,
+        train_fn,
         train_loop_config=config,
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
@@ -213,12 +214,19 @@ def _train_with_ray(cfg: PretrainConfig, config: dict) -> tuple[dict, Any]:
     try:
         result = trainer.fit()
     except Exception as exc:  # noqa: BLE001 - one clear line; the cause stays chained
-        raise TrainingError(f"training run {cfg.tracking.run_name!r} failed: {_root_cause(exc)}") from exc
+        raise TrainingError(f"{what} run {cfg.tracking.run_name!r} failed: {_root_cause(exc)}") from exc
     finally:
         if connect:
             ray.shutdown()
     if result.error is not None:
-        raise TrainingError(f"training run {cfg.tracking.run_name!r} failed: {_root_cause(result.error)}")
+        raise TrainingError(f"{what} run {cfg.tracking.run_name!r} failed: {_root_cause(result.error)}")
+    return result
+
+
+def _train_with_ray(cfg: PretrainConfig, config: dict) -> tuple[dict, Any]:
+    from radimagenet.train.loop import ray_train_fn
+
+    result = fit_with_ray(ray_train_fn, cfg, config)
     ckpt = result.checkpoint
     return dict(result.metrics or {}), (ckpt.filesystem, ckpt.path) if ckpt is not None else None
 
