@@ -6,13 +6,13 @@ as plain data (a :class:`Context` and a list of :class:`InputRow`).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
 from dataclasses import dataclass
 
 import numpy as np
+import xxhash
 
 from radimagenet import decode
 from radimagenet.ingest.deid import clean_meta, patient_key, split_of
@@ -60,10 +60,15 @@ class MaskMismatch(Exception):
 
 
 def pixel_key(image: np.ndarray) -> str:
-    """Content key: SHA-256 of the decoded full-resolution uint8 pixels and their shape."""
-    h = hashlib.sha256(f"{image.shape[0]}x{image.shape[1]}:".encode())
+    """Content key: XXH3-128 of the decoded full-resolution uint8 pixels and their shape (32 hex).
+
+    The key finds exact duplicates among a dataset's own images; it is not a security boundary
+    (shards and the dataset digest use SHA-256). XXH3 costs 0.006 ms per 512 x 512 image where
+    SHA-256 costs 0.16 ms, a tenth of the whole per-file budget of an uncompressed ingest.
+    """
+    h = xxhash.xxh3_128(f"{image.shape[0]}x{image.shape[1]}:".encode())
     h.update(np.ascontiguousarray(image).data)
-    return h.hexdigest()[:24]
+    return h.hexdigest()
 
 
 def encode_image(image: np.ndarray, encoding: str) -> bytes:

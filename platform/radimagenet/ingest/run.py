@@ -293,8 +293,10 @@ def ingest(cfg: IngestConfig, secret: bytes, progress: bool | None = None) -> di
                 state.handle(res, writers)
             bar.update(len(results))
             bar.set_postfix(rejected=sum(1 for v in state.lines.values() if v["status"] == "rejected"))
-        for w in writers.values():
+        for w in writers.values():  # every split's last shard uploads at the same time
             w.finish_shard()
+        for w in writers.values():
+            w.close()
     except BaseException:
         for w in writers.values():
             w.abort()

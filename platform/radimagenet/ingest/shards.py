@@ -3,7 +3,9 @@
 Tar members are plain ustar entries written directly (headers built here, see :func:`tar_header`).
 A :class:`ShardWriter` is a context manager (mosaicml/streaming style). Each shard is one multipart
 upload that becomes visible only when the shard is complete; ``on_shard`` is called after that with
-the shard's record, which the driver journals. Tar members are written deterministically (fixed
+the shard's record, which the driver journals. Completing a shard (its last part, the completion
+request, ``on_shard``) runs on a background thread while the caller fills the next shard; ``close``
+waits for all of them and raises the first error. Tar members are written deterministically (fixed
 mtime, owner and mode) so equal samples give byte-identical shards.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +36,9 @@ class ShardRecord:
 
     def manifest_entry(self) -> dict[str, Any]:
         return {"url": self.url, "samples": self.samples, "bytes": self.bytes, "sha256": self.sha256}
+
+
+MAX_PENDING_COMMITS = 2  # finished shards still uploading, per writer
 
 
 def shard_name(split: str, index: int) -> str:
@@ -103,6 +109,8 @@ class ShardWriter:
         self.on_shard = on_shard
         self.records: list[ShardRecord] = []
         self._open: tuple[S3Writer, _HashingSink, ShardRecord] | None = None
+        self._pending: list[Future] = []
+        self._pool: ThreadPoolExecutor | None = None
 
     def _start(self) -> None:
         url = self.prefix.join(shard_name(self.split, self.next_index))
@@ -130,29 +138,57 @@ class ShardWriter:
             self.finish_shard()
 
     def finish_shard(self) -> None:
-        """Close the open shard (if any): complete its upload, then report it."""
+        """Close the open shard (if any); its upload completes, then ``on_shard`` runs, in the background."""
         if self._open is None:
             return
         s3, sink, record = self._open
         self._open = None
         sink.write(b"\0" * 1024)  # end-of-archive marker: two zero blocks
-        s3.commit()
         record.bytes, record.sha256 = sink.size, sink.sha.hexdigest()
+        while len(self._pending) >= MAX_PENDING_COMMITS:  # bounded memory: each holds a part
+            self._pending.pop(0).result()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"shards-{self.split}")
+        self._pending.append(self._pool.submit(self._commit, s3, record))
+
+    def _commit(self, s3: S3Writer, record: ShardRecord) -> None:
+        s3.commit()
         self.records.append(record)
         if self.on_shard:
             self.on_shard(record)
 
+    def close(self) -> None:
+        """Finish the open shard and wait until every shard is uploaded and reported."""
+        self.finish_shard()
+        self._drain(raise_errors=True)
+
     def abort(self) -> None:
-        """Drop the open shard: its multipart upload is aborted, nothing half-written remains."""
+        """Drop the open shard (its multipart upload is aborted, nothing half-written remains) after
+        the shards already finished are uploaded and reported, so a re-run does not redo them."""
         if self._open is not None:
             self._open[0].abort()
             self._open = None
+        self._drain(raise_errors=False)
+
+    def _drain(self, raise_errors: bool) -> None:
+        pending, self._pending = self._pending, []
+        errors = []
+        for future in pending:
+            try:
+                future.result()
+            except BaseException as exc:  # noqa: BLE001 - report the first, after waiting for all
+                errors.append(exc)
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        if errors and raise_errors:
+            raise errors[0]
 
     def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is None:
-            self.finish_shard()
+            self.close()
         else:
             self.abort()
