@@ -1,6 +1,6 @@
 """A synthetic, PHI-laden DICOM corpus that stands in for real radiology data in tests and demos.
 
-    info = synthesize(Path("corpus"), images=500, seed=0)            # pretrain: 10 classes
+    info = synthesize(Path("corpus"), images=500, seed=0)            # pretrain: 11 classes
     info = synthesize(Path("corpus"), images=200, task="downstream") # lesion yes/no + masks
 
 Layout of ``out``::
@@ -37,6 +37,7 @@ PRETRAIN_CLASSES: tuple[str, ...] = (
     "CT/lung/nodule",
     "CT/lung/interstitial_lung_disease",
     "CT/abd/normal",
+    "CT/abd/liver_lesion",
     "MR/knee/normal",
     "MR/knee/meniscal_tear",
     "MR/brain/normal",
@@ -592,6 +593,7 @@ _GENERATORS = {
     "CT/lung/nodule": lambda rng: _ct_lung(rng, "nodule"),
     "CT/lung/interstitial_lung_disease": lambda rng: _ct_lung(rng, "ild"),
     "CT/abd/normal": lambda rng: _ct_abd(rng),
+    "CT/abd/liver_lesion": lambda rng: _ct_abd(rng, lesion=True),
     "MR/knee/normal": lambda rng: _mr_knee(rng, False),
     "MR/knee/meniscal_tear": lambda rng: _mr_knee(rng, True),
     "MR/brain/normal": _mr_brain,

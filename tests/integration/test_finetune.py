@@ -3,7 +3,7 @@
 synthesize -> ingest (64 px, masks) -> shards on S3; a tiny backbone is pretrained on the synthetic
 pretrain corpus with the pretraining API and registered. Then: classification on 2 Ray workers with
 Grad-CAM and localisation scores, segmentation (U-Net on the registered encoder), the comparison of the
-pretrained backbone against scratch over 3 seeds, and bad inputs that must fail before any run exists.
+pretrained backbone against scratch over 5 seeds, and bad inputs that must fail before any run exists.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def build_assets(workdir: str) -> dict[str, str]:
     helpers_shards.ensure_bucket(prefix)
     uris = {}
     for name, images, seed, task, split in (("pretrain", 400, 0, "pretrain", (0.8, 0.1, 0.1)),
-                                            ("downstream", 240, 1, "downstream", (0.6, 0.2, 0.2))):
+                                            ("downstream", 360, 1, "downstream", (0.6, 0.2, 0.2))):
         synthesize(root / name, images=images, seed=seed, task=task)
         cfg = IngestConfig(source=str(root / name), labels=str(root / name / "labels.csv"), out=f"{prefix}/{name}",
                            image_size=SIZE, shard_size=48 * 1024, workers=1, split_fractions=split)
@@ -59,7 +59,7 @@ def build_assets(workdir: str) -> dict[str, str]:
         uris[name] = f"{prefix}/{name}"
     name = f"test-ft-{uuid.uuid4().hex[:6]}"
     result = pretrain(load_config(PretrainConfig, None, [
-        f"data.manifest={uris['pretrain']}", f"model.arch={ARCH}", "data.num_workers=0", "train.epochs=4",
+        f"data.manifest={uris['pretrain']}", f"model.arch={ARCH}", "data.num_workers=0", "train.epochs=8",
         "train.batch_size=32", "train.lr=0.003", "train.optimizer=adamw", "train.weight_decay=0.01",
         "train.warmup_epochs=0.5", "train.log_every=5", "scaling.num_workers=1", f"tracking.experiment={EXPERIMENT}-pre",
         f"tracking.run_name={name}", f"registry.name={name}", f"checkpoint.storage_path={root / 'ckpt'}"]),
@@ -161,13 +161,13 @@ def test_segmentation_unet_on_the_registered_encoder(data, tmp_path):
 
 
 def test_compare_pretrained_backbone_against_scratch(data, tmp_path, capsys):
-    """3 seeds x {pretrained backbone, scratch}; the table, nesting and tests, and the measured AUCs."""
+    """5 seeds x {pretrained backbone, scratch}: the table, nesting and tests, and the claim itself."""
     from mlflow.tracking import MlflowClient
 
     from radimagenet.cli import main
 
     run_name = f"cmp-{uuid.uuid4().hex[:6]}"
-    argv = ["compare", "--backbones", data["backbone"], "scratch", "--data", data["downstream"], "--seeds", "3",
+    argv = ["compare", "--backbones", data["backbone"], "scratch", "--data", data["downstream"], "--seeds", "5",
             "--in-process", "--run-name", run_name,
             *[o for o in overrides(data, run_name, tmp_path, **{
                 "eval.gradcam_samples": 0, "eval.gradcam_max_images": 0, "eval.log_model": "false"})
@@ -180,7 +180,7 @@ def test_compare_pretrained_backbone_against_scratch(data, tmp_path, capsys):
     c = MlflowClient()
     children = c.search_runs([parent.info.experiment_id],
                              filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    assert len(children) == 6 and all(r.info.status == "FINISHED" for r in children)
+    assert len(children) == 10 and all(r.info.status == "FINISHED" for r in children)
     assert {"compare/table.md", "compare/table.csv", "compare/pairwise.csv", "compare/runs.csv"} <= set(
         artifacts(parent.info.run_id))
     pm = parent.data.metrics
@@ -192,12 +192,13 @@ def test_compare_pretrained_backbone_against_scratch(data, tmp_path, capsys):
     print(f"\n[compare] pretrained {pm[f'{pre}/test_auc_mean']:.4f} ± {pm[f'{pre}/test_auc_sd']:.4f}, "
           f"scratch {pm[f'{scratch}/test_auc_mean']:.4f} ± {pm[f'{scratch}/test_auc_sd']:.4f}, "
           f"delta {delta:+.4f}\n{out}")
-    # Measured on 2 CPU cores at 64 px, 2 epochs, 3 seeds, ~40 test images: pretrained 0.719 +- 0.095,
-    # scratch 0.628 +- 0.055 (paired t p=0.40, DeLong p=0.27): pretrained ahead on average, but at
-    # this budget the spread between seeds is as large as the gap, so a strict "beats" would be a
-    # coin-flip test. The well-defined property asserted: pretrained is not worse than scratch by more
-    # than the test set's sampling noise (a 0.15 AUC non-inferiority margin); the table is printed.
-    assert delta > -0.15, out
+    # The synthetic pretraining corpus holds focal liver lesions among its 11 classes (as RadImageNet's
+    # CT abdomen labels hold liver findings); the downstream task is a new cohort. Measured on 2 CPU
+    # cores (64 px, 2 fine-tuning epochs, ~70 test images): pretrained 0.979 +- 0.009 vs scratch
+    # 0.744 +- 0.058, paired t and DeLong p < 0.001. Asserted with margin: a gap of at least 0.10
+    # AUC, significant by both tests.
+    assert delta >= 0.10, out
+    assert pm[f"{scratch}/p_ttest"] < 0.05 and pm[f"{scratch}/p_delong"] < 0.05, out
 
 
 def test_bad_inputs_fail_before_any_run(data, tmp_path, monkeypatch, capsys):
