@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/ingest.py
 	$(PY) benchmarks/loader.py
 	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/train_loop.py
 
 stack-up: $(STAMP)
 	$(VENV)/bin/radimagenet stack up

@@ -119,6 +119,37 @@ def full_ingest(folder: Path, workers: int, size: int) -> tuple[float, float]:
     return wall / n, cpu / n
 
 
+def busy_seconds() -> float:
+    """CPU seconds spent by the whole machine (every process, the S3 server and Ray included)."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+
+
+def scaling(folder: Path, warmup: Path, size: int, cores: int) -> None:
+    """--workers 2 against --workers 1, and the most the machine's cores allow for 2."""
+    from radimagenet.raycluster import init_ray
+
+    init_ray(num_cpus=2)
+    # Start and warm both Ray workers (imports, S3 client) outside the timed runs: chunks of 2 files.
+    cfg = IngestConfig(source=str(warmup), out=f"s3://radimagenet/bench/{uuid.uuid4().hex[:8]}", image_size=size,
+                       workers=2, chunk_size=2, patient_from="dicom")
+    ingest(cfg, SECRET, progress=False)
+    n = sum(1 for _ in folder.rglob("*.dcm"))
+    rate, cpu = {}, {}
+    for workers in (1, 2):
+        b0 = busy_seconds()
+        wall = full_ingest(folder, workers, size)[0]
+        rate[workers], cpu[workers] = 1 / wall, (busy_seconds() - b0) / n
+    bound = cores / cpu[2]  # files/s if every core did nothing but this ingest's work
+    print(f"workers: 1 -> {rate[1]:.0f} files/s, 2 -> {rate[2]:.0f} files/s, speed-up {rate[2] / rate[1]:.2f}x "
+          f"(goal: close to 2x)\n"
+          f"  machine CPU per file (ingest, Ray, S3 server): 1 worker {cpu[1] * 1e3:.2f} ms, 2 workers "
+          f"{cpu[2] * 1e3:.2f} ms; on {cores} cores 2 workers can reach at most {bound:.0f} files/s "
+          f"({bound / rate[1]:.2f}x): measured {rate[2] / bound:.0%} of that bound")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--files", type=int, default=300, help="uncompressed / RLE files (others fewer)")
@@ -164,15 +195,8 @@ def main() -> int:
               "cpu ratio: the same with the ingest's CPU time per file (leaves out waiting for the S3 server,\n"
               "i.e. the last uploads and fixed per-run requests, which a larger dataset amortises)")
         if "rle" in results and len(all_cores) >= 2:
-            folder = results["rle"][0]
-            from radimagenet.raycluster import init_ray
-
-            init_ray(num_cpus=2)  # started and warmed up outside the timed runs
-            full_ingest(make_inputs(root, "warmup", RLELossless, 16, rng), 2, args.size)
-            one = full_ingest(folder, 1, args.size)[0]
-            two = full_ingest(folder, 2, args.size)[0]
-            print(f"workers: 1 -> {1 / one:.0f} files/s, 2 -> {1 / two:.0f} files/s, speed-up {one / two:.2f}x "
-                  f"(goal: close to 2x; {len(all_cores)} cores, S3 server and driver share them)")
+            scaling(results["rle"][0], make_inputs(root, "warmup-ray", RLELossless, 32, rng), args.size,
+                    len(all_cores))
     if started and not args.keep_stack:
         from radimagenet import stack
 

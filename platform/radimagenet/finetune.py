@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from radimagenet import storage, tracking
+from radimagenet import tracking
 from radimagenet.config import flatten, from_dict, to_dict
 from radimagenet.errors import ConfigError
 from radimagenet.train.config import CheckpointSection, ScalingSection, manifest_uri
@@ -588,26 +588,17 @@ def restore(ctx: Context, model: nn.Module, optimizer: Any, scheduler: Any, mani
 def save_and_report(ctx: Context, cfg: FinetuneConfig, config: dict, model: nn.Module, optimizer: Any,
                     scheduler: Any, epoch: int, step: int, manifest: dict, record: BackboneRecord,
                     metrics: dict, best: Best) -> None:
-    """Rank 0 writes current + best weights; every rank reports (Ray Train's report is a barrier)."""
+    """The pretraining loop's checkpoint + report, with the best weights so far beside it."""
     from safetensors.torch import save_file
 
-    from radimagenet.train import checkpoint
-    from radimagenet.train.loop import CHECKPOINT_PREFIX
+    from radimagenet.train import loop
 
-    name = f"{CHECKPOINT_PREFIX}{epoch:06d}"
-    if not ctx.is_main:
-        ctx.report(metrics, None, name)
-        return
-    tmp = tempfile.mkdtemp(prefix="radimagenet-ft-ckpt-")
-    try:
+    def write_best(directory: str) -> None:
         if best.state is not None:
-            save_file({k: v.contiguous() for k, v in best.state.items()}, os.path.join(tmp, BEST_FILE))
-        checkpoint.save(tmp, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch, step=step,
-                        config=config, dataset_digest=str(manifest.get("digest", "")), run_id=cfg.tracking.run_id,
-                        record=record.to_dict(), metrics=metrics)
-        ctx.report(metrics, tmp, name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            save_file({k: v.contiguous() for k, v in best.state.items()}, os.path.join(directory, BEST_FILE))
+
+    loop.save_and_report(ctx, cfg, config, model, optimizer, scheduler, epoch, step, manifest, record, metrics,
+                         extra=write_best)
 
 
 # ------------------------------------------------------------------------------------ test report
@@ -832,17 +823,10 @@ def preflight(cfg: FinetuneConfig) -> tuple[FinetuneConfig, dict, str, dict[str,
     """Everything checkable before a run exists: config, S3, dataset vs task, masks, architecture,
     MLflow, the backbone reference (resolved to NAME/VERSION), ImageNet weights. Returns
     ``(resolved cfg, manifest, tracking uri, tags)``."""
-    from radimagenet import data
-    from radimagenet.train.launch import check_shards
+    from radimagenet.train.launch import prepare_data
 
-    cfg = resolve(cfg)
-    storage.check_bucket(cfg.data.manifest)
-    if cfg.checkpoint.storage_path.startswith("s3://"):
-        storage.check_bucket(cfg.checkpoint.storage_path)
-    manifest = data.load_manifest(cfg.data.manifest)
-    cfg = resolve(cfg, manifest)
+    cfg, manifest = prepare_data(cfg, resolve)
     spec = check_task(cfg, manifest)
-    check_shards(manifest, cfg)
     if spec.task == "segmentation":
         check_masks(manifest)
     uri = tracking.tracking_uri(cfg.tracking.uri)

@@ -4,26 +4,19 @@ from __future__ import annotations
 
 import argparse
 
+from radimagenet.commands._training import add_config_arguments, load_or_print
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML preset (e.g. pipelines/pretrain-resnet50.yaml)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="dotted overrides, e.g. train.epochs=2 scaling.num_workers=2 tracking.run_name=r1")
-    parser.add_argument("--in-process", action="store_true",
-                        help="train in this process (one worker, no Ray): debugging and notebooks")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the config (before dataset-dependent defaults) and exit")
+    add_config_arguments(parser, "pipelines/pretrain-resnet50.yaml",
+                         "dotted overrides, e.g. train.epochs=2 scaling.num_workers=2 tracking.run_name=r1")
 
 
 def run(args: argparse.Namespace) -> int:
-    import yaml
-
-    from radimagenet.config import load_config, to_dict
     from radimagenet.train.config import PretrainConfig, validate
 
-    cfg = validate(load_config(PretrainConfig, args.config, args.overrides))
-    if args.print_config:
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    cfg = load_or_print(PretrainConfig, validate, args)
+    if cfg is None:
         return 0
     from radimagenet.train.launch import pretrain
 

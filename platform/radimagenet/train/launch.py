@@ -92,18 +92,26 @@ def check_shards(manifest: dict, cfg: PretrainConfig) -> None:
         )
 
 
-def preflight(cfg: PretrainConfig) -> tuple[PretrainConfig, dict, str]:
-    """Check everything that can be checked before training; returns (resolved cfg, manifest, uri)."""
+def prepare_data(cfg: Any, resolve_fn: Any) -> tuple[Any, dict]:
+    """The checks pretraining and fine-tuning share: resolve the config, reach the buckets, load the
+    manifest, resolve again with it (image size, classes), check the shards. Returns (cfg, manifest)."""
     from radimagenet import data
-    from radimagenet.models import check_arch
 
-    cfg = resolve(cfg)
+    cfg = resolve_fn(cfg)
     storage.check_bucket(cfg.data.manifest)
     if cfg.checkpoint.storage_path.startswith("s3://"):
         storage.check_bucket(cfg.checkpoint.storage_path)
     manifest = data.load_manifest(cfg.data.manifest)
-    cfg = resolve(cfg, manifest)
+    cfg = resolve_fn(cfg, manifest)
     check_shards(manifest, cfg)
+    return cfg, manifest
+
+
+def preflight(cfg: PretrainConfig) -> tuple[PretrainConfig, dict, str]:
+    """Check everything that can be checked before training; returns (resolved cfg, manifest, uri)."""
+    from radimagenet.models import check_arch
+
+    cfg, manifest = prepare_data(cfg, resolve)
     check_arch(cfg.model.arch)
     uri = tracking.tracking_uri(cfg.tracking.uri)
     tracking.check_reachable(uri)

@@ -212,15 +212,19 @@ def restore(ctx: Context, model, optimizer, scheduler, manifest: dict) -> tuple[
     return state["epoch"] + 1, state["step"]
 
 
-def save_and_report(ctx: Context, cfg: PretrainConfig, config: dict, model, optimizer, scheduler,
-                    epoch: int, step: int, manifest: dict, record, metrics: dict) -> None:
-    """Rank 0 writes the checkpoint; every rank reports (Ray Train's report is a barrier)."""
+def save_and_report(ctx: Context, cfg: Any, config: dict, model, optimizer, scheduler, epoch: int, step: int,
+                    manifest: dict, record, metrics: dict,
+                    extra: Callable[[str], None] | None = None) -> None:
+    """Rank 0 writes the checkpoint (and ``extra(directory)``'s files); every rank reports (Ray
+    Train's report is a barrier). Pretraining and fine-tuning both save through here."""
     name = f"{CHECKPOINT_PREFIX}{epoch:06d}"
     if not ctx.is_main:
         ctx.report(metrics, None, name)
         return
     tmp = tempfile.mkdtemp(prefix="radimagenet-ckpt-")
     try:
+        if extra is not None:
+            extra(tmp)
         checkpoint.save(tmp, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch, step=step,
                         config=config, dataset_digest=str(manifest.get("digest", "")),
                         run_id=cfg.tracking.run_id, record=record.to_dict(), metrics=metrics)
