@@ -95,6 +95,9 @@ def test_config_validation_and_sizes():
 def test_pixel_key_and_encodings_are_lossless():
     img = (np.arange(64 * 48) % 251).astype(np.uint8).reshape(64, 48)
     assert pixel_key(img) == pixel_key(img.copy()) != pixel_key(img.T.copy())
+    assert pixel_key(img) != pixel_key(img.reshape(48, 64))  # same bytes, other shape: another image
+    assert pixel_key(img[:, ::2]) == pixel_key(np.ascontiguousarray(img[:, ::2]))  # views hash their pixels
+    assert len(pixel_key(img)) == 32 and int(pixel_key(img), 16) >= 0  # 128 bits, hex
     import io
 
     from PIL import Image
