@@ -14,7 +14,10 @@ Layout of ``out``::
 Everything is deterministic from the seed: each image draws from its own generator seeded by
 ``(seed, index)``; UIDs are hashed from the seed. Pixel content is anatomy-like (body outline,
 organs, bone, vessels, speckle, noise, random pose) and the class signal is local and modest
-(nodules vs reticulation vs none, a meniscal tear, organ shapes), so a small CNN must learn it.
+(nodules vs reticulation vs none, a meniscal tear, a liver lesion, organ shapes), so a small CNN
+must learn it. The pretraining classes include focal liver lesions (as RadImageNet's CT abdomen labels
+include liver findings), so a backbone pretrained here transfers to the downstream task, which draws
+its own patients and adds exact lesion masks.
 """
 
 from __future__ import annotations
