@@ -53,7 +53,6 @@ import io
 import itertools
 import json
 import math
-import os
 import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -250,17 +249,6 @@ def plan_eval(
 # Reading shards
 # --------------------------------------------------------------------------------------------------
 
-_CLIENT_PID = os.getpid()
-
-
-def fresh_client_after_fork() -> None:
-    """Drop S3 clients inherited through ``fork`` (boto3 clients are not fork-safe)."""
-    global _CLIENT_PID
-    if _CLIENT_PID != os.getpid():
-        storage._client_for.cache_clear()
-        _CLIENT_PID = os.getpid()
-
-
 def _octal(field: bytes) -> int:
     if field[:1] and field[0] & 0x80:  # GNU base-256 for large sizes
         return int.from_bytes(field[1:], "big")
@@ -356,8 +344,8 @@ def group_samples(members: Iterable[tuple[str, bytes]]) -> Iterator[dict[str, An
 
 
 def read_shard(url: str) -> Iterator[dict[str, Any]]:
-    """Stream the samples of one shard from S3 (the body is closed when the iterator is)."""
-    fresh_client_after_fork()
+    """Stream the samples of one shard from S3 (the body is closed when the iterator is). A forked
+    loader worker gets its own S3 client: ``storage.client()`` is keyed by process."""
     body = storage.open_stream(url)
     try:
         yield from group_samples(iter_tar(body, url))
@@ -694,7 +682,6 @@ class _ShardDataset(torch.utils.data.IterableDataset):
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
-    fresh_client_after_fork()
 
 
 def _collate_passthrough(batch: Any) -> Any:
