@@ -405,13 +405,55 @@ def _native_grey_frame(ds: Any, keyword: str, geo: _Geometry, index: int | None,
         or geo.photometric not in ("MONOCHROME1", "MONOCHROME2")
     ):
         return None
-    dtype = np.dtype(f"<{'i' if geo.signed else 'u'}{geo.bits_allocated // 8}")
+    dtype = _grey_dtype(geo)
     count = geo.rows * geo.cols
     offset = (index or 0) * count * dtype.itemsize
     arr = np.frombuffer(ds[keyword].value, dtype=dtype, count=count, offset=offset)
-    arr = arr.reshape(geo.rows, geo.cols)
+    return _unused_high_bits(arr.reshape(geo.rows, geo.cols), geo)
+
+
+_RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+
+
+def _rle_grey_frame(ds: Any, keyword: str, geo: _Geometry, index: int | None, tsyntax: Any):
+    """Fast path: one RLE Lossless grey frame decoded by pylibjpeg-rle directly (None if not
+    eligible, or on any failure: pydicom's path then decodes or names the reason).
+
+    The same decoder pydicom calls, without pydicom's per-call option handling (0.34 of 0.80 ms
+    for a 512x512 CT frame); the result is checked equal to pydicom's by the tests.
+    """
+    if (
+        tsyntax != _RLE_LOSSLESS
+        or keyword != "PixelData"
+        or geo.samples != 1
+        or geo.bits_allocated not in (8, 16)
+        or geo.photometric not in ("MONOCHROME1", "MONOCHROME2")
+    ):
+        return None
+    try:
+        from pydicom.encaps import get_frame
+        from rle.utils import decode_pixel_data
+
+        frame = get_frame(ds[keyword].value, index or 0, number_of_frames=geo.frames)
+        buf = decode_pixel_data(frame, version=2, rows=geo.rows, columns=geo.cols, samples_per_pixel=1,
+                                bits_allocated=geo.bits_allocated, byteorder="<")
+        dtype = _grey_dtype(geo)
+        if len(buf) != geo.rows * geo.cols * dtype.itemsize:
+            return None
+        arr = np.frombuffer(buf, dtype=dtype).reshape(geo.rows, geo.cols)
+    except Exception:  # noqa: BLE001 - the general path re-decodes and classifies the failure
+        return None
+    return _unused_high_bits(arr, geo)
+
+
+def _grey_dtype(geo: _Geometry) -> np.dtype:
+    return np.dtype(f"<{'i' if geo.signed else 'u'}{geo.bits_allocated // 8}")
+
+
+def _unused_high_bits(arr: np.ndarray, geo: _Geometry) -> np.ndarray:
+    """PS3.5 8.1.1: unused high bits are undefined; sign-extend / mask them like pydicom."""
     shift = geo.bits_allocated - geo.bits_stored
-    if shift:  # PS3.5 8.1.1: unused high bits are undefined; sign-extend / mask like pydicom
+    if shift:
         arr = np.left_shift(arr, shift)
         np.right_shift(arr, shift, out=arr)
     return arr
@@ -422,6 +464,8 @@ def _decode_pixels(ds: Any, keyword: str, geo: _Geometry, index: int | None, tsy
     from pydicom.pixels import pixel_array
 
     fast = _native_grey_frame(ds, keyword, geo, index, tsyntax)
+    if fast is None:
+        fast = _rle_grey_frame(ds, keyword, geo, index, tsyntax)
     if fast is not None:
         return fast
     try:

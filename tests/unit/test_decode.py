@@ -129,6 +129,63 @@ def test_native_fast_path_masks_unused_high_bits(tmp_path):
     assert fast.max() <= 0x0FFF
 
 
+def _rle_file(tmp_path: Path, arr: np.ndarray, **tags) -> Path:
+    """``arr`` ([frames,] rows, cols) written RLE Lossless by pydicom's own encoder."""
+    from pydicom.uid import RLELossless
+
+    frames = arr if arr.ndim == 3 else arr[None]
+    extra = {"NumberOfFrames": len(frames)} if arr.ndim == 3 else {}
+    path = write_dicom(tmp_path / "plain.dcm", frames[0], **extra, **tags)
+    ds = pydicom.dcmread(path)
+    ds.PixelData = np.ascontiguousarray(frames).tobytes()
+    ds.compress(RLELossless, encoding_plugin="pydicom")
+    ds.save_as(tmp_path / "rle.dcm", enforce_file_format=True)
+    return tmp_path / "rle.dcm"
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["MR_small_RLE", "uint8", "uint16", "int16 in 12 bits", "3 frames"],
+)
+def test_rle_fast_path_equals_pydicom(kind, tmp_path):
+    from pydicom.pixels import pixel_array
+
+    rng = np.random.default_rng(1)
+    if kind == "MR_small_RLE":
+        path = data("MR_small_RLE.dcm")
+    elif kind == "uint8":
+        path = _rle_file(tmp_path, rng.integers(0, 256, (40, 48), dtype=np.uint8))
+    elif kind == "uint16":
+        path = _rle_file(tmp_path, rng.integers(0, 65536, (40, 48), dtype=np.uint16))
+    elif kind == "int16 in 12 bits":
+        path = _rle_file(tmp_path, rng.integers(-2048, 2048, (40, 48), dtype=np.int16), BitsStored=12, HighBit=11)
+    else:
+        path = _rle_file(tmp_path, rng.integers(0, 4096, (3, 40, 48), dtype=np.uint16))
+    ds = pydicom.dcmread(path)
+    geo = D._geometry(D._header(ds), DecodeConfig(min_size=1))
+    for index in ([None] if geo.frames == 1 else range(geo.frames)):
+        fast = D._rle_grey_frame(ds, "PixelData", geo, index, ds.file_meta.TransferSyntaxUID)
+        assert fast is not None, kind
+        expected = pixel_array(ds, index=index)
+        assert fast.dtype == expected.dtype
+        np.testing.assert_array_equal(fast, expected, err_msg=f"{kind} frame {index}")
+
+
+def test_rle_fast_path_leaves_bad_frames_to_pydicom(tmp_path):
+    """A corrupt RLE frame gets no fast-path result, so the general path names the failure."""
+    path = _rle_file(tmp_path, np.random.default_rng(2).integers(0, 256, (40, 48), dtype=np.uint8))
+    raw = bytearray(path.read_bytes())
+    at = raw.rindex(b"\xfe\xff\x00\xe0") + 8  # the frame's fragment: its 64-byte RLE header
+    raw[at + 4 : at + 8] = (0xFFFF).to_bytes(4, "little")  # segment 1 starts past the fragment
+    path.write_bytes(bytes(raw))
+    ds = pydicom.dcmread(path)
+    geo = D._geometry(D._header(ds), DecodeConfig(min_size=1))
+    assert D._rle_grey_frame(ds, "PixelData", geo, None, ds.file_meta.TransferSyntaxUID) is None
+    with pytest.raises(Rejected) as err:
+        decode_file(path, DecodeConfig(min_size=1))
+    assert err.value.reason == "decode_failed"
+
+
 @pytest.mark.parametrize(
     "name",
     [
