@@ -233,12 +233,20 @@ def _alive(pids: dict[int, int]) -> dict[int, int]:
             continue
         if info[0] in "ZX":
             with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            threads = [_proc_stat(int(t.name)) for t in Path(f"/proc/{pid}/task").glob("*")]
-            if all(t is None or t[0] in "ZX" for t in threads):
+                os.waitpid(pid, os.WNOHANG)  # reaping our own child removes its /proc entry
+            if not _threads_running(pid):
                 continue
         out[pid] = start
     return out
+
+
+def _threads_running(pid: int) -> bool:
+    """Whether any thread of ``pid`` still runs (False once the process is gone from /proc)."""
+    try:
+        tids = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
+    except OSError:
+        return False
+    return any((t := _proc_stat(tid)) is not None and t[0] not in "ZX" for tid in tids)
 
 
 def _stop_pid(root: int, grace_s: float) -> None:
