@@ -141,12 +141,12 @@ class ShardWriter:
         """Close the open shard (if any); its upload completes, then ``on_shard`` runs, in the background."""
         if self._open is None:
             return
+        while len(self._pending) >= MAX_PENDING_COMMITS:  # bounded memory: each holds a part
+            self._pending.pop(0).result()  # an error here leaves this shard open for abort()
         s3, sink, record = self._open
         self._open = None
         sink.write(b"\0" * 1024)  # end-of-archive marker: two zero blocks
         record.bytes, record.sha256 = sink.size, sink.sha.hexdigest()
-        while len(self._pending) >= MAX_PENDING_COMMITS:  # bounded memory: each holds a part
-            self._pending.pop(0).result()
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"shards-{self.split}")
         self._pending.append(self._pool.submit(self._commit, s3, record))
