@@ -36,6 +36,27 @@ def load_report(uri: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in storage.read_bytes(base + "/report.jsonl").splitlines() if line.strip()]
 
 
+def split_warnings(manifest: dict) -> list[str]:
+    """Warnings for splits that were given a share of patients but received none.
+
+    Each patient's split is drawn from its keyed hash, so it stays put when a dataset grows; the price is
+    that a small cohort can leave a split empty (30 patients and a 0.1 share: about 4% of secrets).
+    """
+    shares = manifest.get("ingest", {}).get("split_fractions", [])
+    fractions = dict(zip(("train", "val", "test"), shares, strict=False))
+    splits = manifest.get("splits", {})
+    patients = sum(v.get("patients", 0) for v in splits.values())
+    out = []
+    for split, fraction in fractions.items():
+        if fraction > 0 and not splits.get(split, {}).get("samples"):
+            out.append(
+                f"split {split!r} is empty: its {fraction:g} share of {patients} patient(s) drew none "
+                f"(the split is drawn per patient from the keyed hash, so a small cohort can miss one); "
+                f"add a 'split' column to the labels file, or ingest more patients"
+            )
+    return out
+
+
 def summary(manifest: dict[str, Any]) -> str:
     """A human-readable summary: splits, classes, counts, rejects by reason."""
     c = manifest["counts"]
@@ -59,6 +80,7 @@ def summary(manifest: dict[str, Any]) -> str:
     lines.append(f"{'class':<{width}} " + " ".join(f"{n:>7}" for n in splits))
     for cls in manifest["classes"]:
         lines.append(f"{cls:<{width}} " + " ".join(f"{s['classes'].get(cls, 0):>7}" for s in splits.values()))
+    lines.extend(f"warning: {w}" for w in split_warnings(manifest))
     return "\n".join(lines)
 
 

@@ -5,6 +5,7 @@ import collections
 import numpy as np
 import pytest
 
+from radimagenet.dataset import split_warnings, summary
 from radimagenet.errors import ConfigError
 from radimagenet.ingest.config import IngestConfig, parse_size
 from radimagenet.ingest.deid import clean_meta, load_secret, patient_key, split_of
@@ -65,6 +66,23 @@ def test_split_fractions_are_respected():
     assert 0.77 < counts["train"] / 5000 < 0.83
     assert 0.08 < counts["val"] / 5000 < 0.12
     assert split_of("0" * 16, (0.0, 0.0, 1.0)) == "test"
+
+
+def _manifest(samples: dict[str, int], fractions) -> dict:
+    splits = {s: {"samples": n, "patients": n, "shards": [], "classes": {"a": n}} for s, n in samples.items()}
+    counts = {"inputs": 30, "written": 30, "rejected": 0, "duplicates": 0}
+    return {"uri": "s3://b/d", "digest": "sha256:0", "created": "now", "image_size": 64, "encoding": "npy",
+            "classes": ["a"], "splits": splits, "counts": counts, "ingest": {"split_fractions": fractions}}
+
+
+def test_a_split_that_drew_no_patient_is_warned_about():
+    # 30 patients at 0.1 leave val empty for about 4% of secrets: ingest and inspect say so and how to fix it
+    empty_val = _manifest({"train": 26, "val": 0, "test": 4}, [0.8, 0.1, 0.1])
+    (warning,) = split_warnings(empty_val)
+    assert "'val' is empty" in warning and "30 patient(s)" in warning and "'split' column" in warning
+    assert summary(empty_val).endswith(f"warning: {warning}")
+    assert split_warnings(_manifest({"train": 26, "val": 0, "test": 4}, [0.9, 0.0, 0.1])) == []  # asked for none
+    assert split_warnings(_manifest({"train": 24, "val": 3, "test": 3}, [0.8, 0.1, 0.1])) == []
 
 
 def test_meta_whitelist_drops_everything_else():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,6 +45,7 @@ def _windows(items: list[str]) -> dict[str, tuple[float, float]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from radimagenet.dataset import split_warnings
     from radimagenet.errors import ConfigError
     from radimagenet.ingest import IngestConfig, ingest
     from radimagenet.ingest.config import parse_size
@@ -65,4 +67,6 @@ def run(args: argparse.Namespace) -> int:
           f"{c['duplicates']} duplicates; " + ", ".join(
               f"{s} {v['samples']} in {len(v['shards'])} shard(s)" for s, v in manifest["splits"].items()))
     print(f"manifest: {manifest['uri']}/manifest.json  digest: {manifest['digest']}")
+    for warning in split_warnings(manifest):
+        print(f"radimagenet ingest: warning: {warning}", file=sys.stderr)
     return 0

@@ -75,7 +75,10 @@ def check_shards(manifest: dict, cfg: PretrainConfig) -> None:
     splits = manifest.get("splits", {})
     for split in ("train", "val"):
         if not splits.get(split, {}).get("shards"):
-            raise ConfigError(f"dataset {cfg.data.manifest} has no {split!r} shards (splits: {sorted(splits)})")
+            raise ConfigError(
+                f"dataset {cfg.data.manifest} has no {split!r} shards (splits: {sorted(splits)}); a small "
+                f"cohort can draw no patient for a split: give the labels file a 'split' column or ingest "
+                f"more patients")
     shards = len(splits["train"]["shards"])
     readers = cfg.scaling.num_workers * max(1, cfg.data.num_workers)
     if shards < readers:
