@@ -504,6 +504,26 @@ def _up(h: Path, timeout_s: float | None) -> dict[str, str]:
     return env(h)
 
 
+LOW_DISK_BYTES = 2 * 1024**3
+LOW_DISK_FRACTION = 0.08
+
+
+def disk_warning(home: Path | str | None = None, usage: tuple[int, int, int] | None = None) -> str | None:
+    """A warning when the disk holding the stack's state is nearly full, else None.
+
+    SeaweedFS answers writes with a bare ``InternalError`` once its volumes cannot grow, well before the
+    disk is completely full; ``usage`` is ``shutil.disk_usage``'s (total, used, free), read when None.
+    """
+    h = home_dir(home)
+    where = h if h.exists() else h.parent
+    total, _, free = usage or shutil.disk_usage(where)
+    if free >= LOW_DISK_BYTES and free >= LOW_DISK_FRACTION * total:
+        return None
+    return (f"the disk holding {where} has {free / 1024**3:.1f} GiB free of {total / 1024**3:.0f} GiB: the local "
+            f"S3 (SeaweedFS) refuses writes ('InternalError') when its volumes cannot grow; free space or "
+            f"set RADIMAGENET_HOME to a folder on a larger disk")
+
+
 def down(home: Path | str | None = None) -> list[str]:
     """Stop the services ``home`` started (Ray, MLflow, then S3); returns the names it stopped."""
     h = home_dir(home)

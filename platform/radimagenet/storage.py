@@ -98,6 +98,9 @@ def describe_error(exc: Exception, uri: str | S3Uri) -> str:
             return f"S3 at {endpoint} refused the credentials for {uri} ({code})"
         if code in ("NoSuchKey", "404"):
             return f"{uri} does not exist"
+        if code == "InternalError":
+            return (f"S3 at {endpoint} failed internally for {uri} (InternalError); for the local stack this "
+                    f"is most often a full disk: radimagenet stack status warns about it")
         return f"S3 error for {uri}: {code or exc}"
     return f"S3 error for {uri}: {exc}"
 

@@ -25,12 +25,19 @@ def _print_status(home: str | None) -> bool:
     return all(s.up for s in rows)
 
 
+def _warn_disk(home: str | None) -> None:
+    warning = stack.disk_warning(home)
+    if warning:
+        print(f"radimagenet stack: warning: {warning}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.action == "env":
         for key, value in stack.env(args.home).items():
             print(f"export {key}={shlex.quote(value)}")
         return 0
     if args.action == "up":
+        _warn_disk(args.home)
         stack.up(args.home)
         _print_status(args.home)
         print(f"stack is up in {stack.home_dir(args.home)}; for clients: "
@@ -40,4 +47,5 @@ def run(args: argparse.Namespace) -> int:
         stopped = stack.down(args.home)
         print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
         return 0
+    _warn_disk(args.home)
     return 0 if _print_status(args.home) else 1
