@@ -335,6 +335,40 @@ def test_unsupported_and_no_pixel_data(tmp_path):
     assert reason_of(tmp_path / "missing.dcm") == "unreadable"
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["MR_small_jpeg_ls_lossless.dcm", "JPEGLSNearLossless_08.dcm", "JPEGLSNearLossless_16.dcm",
+     "SC_rgb_jls_lossy_sample.dcm", "SC_rgb_jls_lossy_line.dcm"],
+)
+def test_jpeg_ls_is_decoded_by_charls_with_libjpegs_pixels(name):
+    # CharLS (pyjpegls) is 1.5-4x faster than pydicom's default libjpeg plugin for JPEG-LS; same pixels
+    ds = pydicom.dcmread(data(name))
+    tsyntax = ds.file_meta.TransferSyntaxUID
+    assert D.preferred_plugin(tsyntax) == "pyjpegls"
+    geo = D._geometry(D._header(ds), DecodeConfig(min_size=1))
+    ours = D._decode_pixels(ds, "PixelData", geo, D._frame_index(geo.frames, DecodeConfig()), tsyntax)
+    reference = pixel_array(ds, index=D._frame_index(geo.frames, DecodeConfig()), decoding_plugin="pylibjpeg")
+    np.testing.assert_array_equal(ours, reference)
+
+
+def test_a_preferred_plugin_that_fails_falls_back_to_the_others(monkeypatch):
+    # Pillow cannot decode this 12-bit JPEG Extended file, libjpeg can: preferring Pillow must not lose it
+    reference = decode_file(data("JPGExtended.dcm")).image
+    ds = pydicom.dcmread(data("JPGExtended.dcm"))
+    tsyntax = ds.file_meta.TransferSyntaxUID
+    monkeypatch.setitem(D._FASTEST_PLUGIN, str(tsyntax), "pillow")
+    D.preferred_plugin.cache_clear()
+    try:
+        assert D.preferred_plugin(tsyntax) == "pillow"
+        with pytest.raises(Exception):  # noqa: B017 - the plugin's own error type
+            pixel_array(ds, decoding_plugin="pillow")
+        decoded = decode_file(data("JPGExtended.dcm"))
+    finally:
+        D.preferred_plugin.cache_clear()
+    np.testing.assert_array_equal(decoded.image, reference)
+    assert reference.std() > 0
+
+
 def test_jpeg_lossless_decodes_with_the_libjpeg_plugin():
     decoded = decode_file(data("SC_rgb_jpeg_gdcm.dcm"))
     assert "JPEG Lossless" in decoded.meta["transfer_syntax"]
