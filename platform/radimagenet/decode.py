@@ -471,7 +471,6 @@ def _decode_pixels(ds: Any, keyword: str, geo: _Geometry, index: int | None, tsy
         fast = _rle_grey_frame(ds, keyword, geo, index, tsyntax)
     if fast is not None:
         return fast
-    arr = None
     preferred = preferred_plugin(tsyntax)
     for plugin in ([preferred] if preferred else []) + [""]:  # "": pydicom tries every installed plugin
         try:

@@ -76,9 +76,9 @@ def check_shards(manifest: dict, cfg: PretrainConfig) -> None:
     for split in ("train", "val"):
         if not splits.get(split, {}).get("shards"):
             raise ConfigError(
-                f"dataset {cfg.data.manifest} has no {split!r} shards (splits: {sorted(splits)}); a small "
-                f"cohort can draw no patient for a split: give the labels file a 'split' column or ingest "
-                f"more patients")
+                f"dataset {cfg.data.manifest} has no {split!r} shards (splits: {sorted(splits)}): it was "
+                f"ingested with no {split} share, or a small cohort drew no patient for it; re-ingest with a "
+                f"'split' column in the labels file, or with more patients")
     shards = len(splits["train"]["shards"])
     readers = cfg.scaling.num_workers * max(1, cfg.data.num_workers)
     if shards < readers:
