@@ -514,8 +514,9 @@ def disk_warning(home: Path | str | None = None, usage: tuple[int, int, int] | N
     SeaweedFS answers writes with a bare ``InternalError`` once its volumes cannot grow, well before the
     disk is completely full; ``usage`` is ``shutil.disk_usage``'s (total, used, free), read when None.
     """
-    h = home_dir(home)
-    where = h if h.exists() else h.parent
+    where = home_dir(home)
+    while not where.exists():  # `up` creates the home (and its parents) later: judge the disk they land on
+        where = where.parent
     total, _, free = usage or shutil.disk_usage(where)
     if free >= LOW_DISK_BYTES and free >= LOW_DISK_FRACTION * total:
         return None

@@ -14,8 +14,8 @@ def test_low_disk_is_warned_about(tmp_path):
     assert "RADIMAGENET_HOME" in nearly_full
     small_disk = stack.disk_warning(tmp_path, usage=(10 * GIB, 8.5 * GIB, 1.5 * GIB))  # 15% but < 2 GiB
     assert small_disk and "1.5 GiB free" in small_disk
-    # a home that does not exist yet is judged by its parent folder, read from the real disk
-    assert stack.disk_warning(tmp_path / "not-yet") in (None, stack.disk_warning(tmp_path))
+    # a home that does not exist yet (parents included) is judged by its nearest existing folder
+    assert stack.disk_warning(tmp_path / "not" / "yet") == stack.disk_warning(tmp_path)
 
 
 def test_an_s3_internal_error_points_at_the_disk():
