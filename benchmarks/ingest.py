@@ -1,12 +1,12 @@
 """Ingest benchmark: per-file cost of the full ingest against dcmread + pixel decode alone (the limit).
 
-    python benchmarks/ingest.py [--files 300] [--keep-stack]
+    python benchmarks/ingest.py [--files 300] [--inputs uncompressed,rle] [--no-scaling] [--keep-stack]
 
 Measured in one run, the ingest pinned to one core (S3 runs on the other): for uncompressed 512x512
 CT (a minimal ~25-element header, and a real CT's 258-element header) and for compressed inputs (RLE,
 JPEG-LS, JPEG 2000), the decode-alone rate, the full ingest rate (decode, window, resize, hash, encode,
-tar, multipart upload to the local S3), their ratio (goal: >= 0.6) by wall clock and by the ingest's
-own CPU time, and a per-stage breakdown. Then --workers 2 against --workers 1 on all cores (goal: ~2x).
+tar, multipart upload to the local S3), their ratio (goal: >= 0.6) by wall clock, by the ingest's
+own CPU time and per added file (N files against N/2), and a per-stage breakdown. Then --workers 2 against --workers 1 on all cores (goal: ~2x).
 """
 
 from __future__ import annotations

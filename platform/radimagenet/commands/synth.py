@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--task",
         choices=("pretrain", "downstream"),
         default="pretrain",
-        help="pretrain: 10 RadImageNet-style classes; downstream: liver lesion yes/no with masks",
+        help="pretrain: 11 RadImageNet-style classes; downstream: liver lesion yes/no with masks",
     )
     parser.add_argument(
         "--clean",
