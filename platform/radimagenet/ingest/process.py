@@ -6,6 +6,7 @@ as plain data (a :class:`Context` and a list of :class:`InputRow`).
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -73,13 +74,20 @@ def pixel_key(image: np.ndarray) -> str:
 
 def encode_image(image: np.ndarray, encoding: str) -> bytes:
     """Lossless encoding of a uint8 grey image: ``npy`` (raw, fastest) or ``png``."""
-    buf = io.BytesIO()
     if encoding == "npy":
-        np.lib.format.write_array(buf, np.ascontiguousarray(image), allow_pickle=False)
-    else:
-        from PIL import Image
+        return _npy_header(image.shape, image.dtype.str) + np.ascontiguousarray(image).tobytes()
+    from PIL import Image
 
-        Image.fromarray(image).save(buf, format="PNG", compress_level=1)
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+@functools.lru_cache(maxsize=16)
+def _npy_header(shape: tuple[int, ...], dtype: str) -> bytes:
+    """The .npy header numpy writes for a C-ordered array (built once per shape: 15 of 17 us)."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": dtype, "fortran_order": False, "shape": shape})
     return buf.getvalue()
 
 

@@ -53,7 +53,8 @@ def load_journal(out: S3Uri) -> tuple[dict | None, list[ShardRecord]]:
 
 
 def _journal_shard(out: S3Uri, record: ShardRecord) -> None:
-    storage.write_json(_journal(out).join(f"{record.split}-{record.index:06d}.json"), dataclasses.asdict(record))
+    # vars, not dataclasses.asdict: asdict deep-copies every member dict (17 us per sample)
+    storage.write_json(_journal(out).join(f"{record.split}-{record.index:06d}.json"), vars(record))
 
 
 def _clear_journal(out: S3Uri) -> None:
