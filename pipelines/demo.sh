@@ -14,7 +14,8 @@ eval "$(radimagenet stack env)"
 step "2/7 synthetic corpus: DICOM key images with planted PHI, duplicates, a blank and a truncated file"
 rm -rf "$WORK" && mkdir -p "$WORK"
 radimagenet synth --out "$WORK/pretrain" --images 600 --seed 0
-radimagenet synth --out "$WORK/downstream" --images 300 --seed 1 --task downstream
+# 400 images = ~100 patients: the hash split (80/10/10) leaves val or test empty with p ~ 5e-5
+radimagenet synth --out "$WORK/downstream" --images 400 --seed 1 --task downstream
 
 step "3/7 ingest: decode, de-identify, split by patient, shard to S3"
 radimagenet ingest "$WORK/pretrain" --labels "$WORK/pretrain/labels.csv" \
