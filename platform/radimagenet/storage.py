@@ -225,7 +225,8 @@ class S3Writer(io.RawIOBase):
         super().__init__()
         self.uri = parse_uri(uri)
         self.part_size = max(part_size, 5 * 1024 * 1024)
-        self._buf = bytearray()
+        self._chunks: list[bytes] = []  # this part's writes, joined once when it is sent
+        self._buffered = 0
         self._parts: list[Any] = []  # futures of {"PartNumber", "ETag"}
         self._upload_id: str | None = None
         self._pool: Any = None
@@ -237,11 +238,18 @@ class S3Writer(io.RawIOBase):
     def write(self, data: Any) -> int:
         if self.closed:
             raise ValueError(f"write to closed S3Writer for {self.uri}")
-        self._buf += data
+        self._chunks.append(data if isinstance(data, bytes) else bytes(data))
+        self._buffered += len(data)
         self.bytes_written += len(data)
-        if len(self._buf) >= self.part_size:
+        if self._buffered >= self.part_size:
             self._flush_part()
         return len(data)
+
+    def _take_buffer(self) -> bytes:
+        body = b"".join(self._chunks)
+        self._chunks.clear()
+        self._buffered = 0
+        return body
 
     def _upload_part(self, number: int, body: bytes) -> dict[str, Any]:
         try:
@@ -265,8 +273,7 @@ class S3Writer(io.RawIOBase):
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3-upload")
         if self._parts:
             self._parts[-1].result()  # at most one part in flight: bounded memory, errors surface early
-        self._parts.append(self._pool.submit(self._upload_part, len(self._parts) + 1, bytes(self._buf)))
-        self._buf.clear()
+        self._parts.append(self._pool.submit(self._upload_part, len(self._parts) + 1, self._take_buffer()))
 
     def commit(self) -> None:
         """Finish the upload (small objects are sent with one PUT)."""
@@ -275,11 +282,11 @@ class S3Writer(io.RawIOBase):
         try:
             if self._upload_id is None:
                 try:
-                    client().put_object(Bucket=self.uri.bucket, Key=self.uri.key, Body=bytes(self._buf))
+                    client().put_object(Bucket=self.uri.bucket, Key=self.uri.key, Body=self._take_buffer())
                 except Exception as exc:  # noqa: BLE001
                     raise _wrap(exc, self.uri) from exc
             else:
-                if self._buf:
+                if self._buffered:
                     self._flush_part()
                 parts = [f.result() for f in self._parts]
                 try:
@@ -311,7 +318,8 @@ class S3Writer(io.RawIOBase):
         if self._pool is not None:
             self._pool.shutdown(wait=False)
             self._pool = None
-        self._buf.clear()
+        self._chunks.clear()
+        self._buffered = 0
         super().close()
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:

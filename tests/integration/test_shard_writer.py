@@ -74,3 +74,18 @@ def test_abort_drops_the_open_shard_and_keeps_the_finished_ones(stack_env):
     assert storage.list_keys(out) == sorted(r.url for r in reported)
     uploads = storage.client().list_multipart_uploads(Bucket=out.bucket, Prefix=out.key).get("Uploads", [])
     assert uploads == []
+
+
+def test_s3_writer_multipart_keeps_every_byte_in_order(stack_env):
+    """Several 5 MiB parts (the S3 minimum) and a short last one, written as bytes, bytearray and
+    memoryview chunks; a buffer the caller reuses after ``write`` must not change what was sent."""
+    uri = prefix().join("big.bin")
+    chunks = [bytes([i % 256]) * (700_000 + i) for i in range(20)]  # ~14 MB: 2 full parts + a tail
+    reused = bytearray(b"x" * 1000)
+    with storage.S3Writer(uri, part_size=5 * 1024 * 1024) as out:
+        for i, chunk in enumerate(chunks):
+            out.write(chunk if i % 3 == 0 else bytearray(chunk) if i % 3 == 1 else memoryview(chunk))
+            out.write(reused)
+            reused[:] = b"y" * 1000  # the writer holds a copy, not the caller's buffer
+    expected = b"".join(c + (b"x" * 1000 if i == 0 else b"y" * 1000) for i, c in enumerate(chunks))
+    assert storage.read_bytes(uri) == expected
