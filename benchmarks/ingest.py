@@ -4,9 +4,11 @@
 
 Measured in one run, the ingest pinned to one core (S3 runs on the other): for uncompressed 512x512
 CT (a minimal ~25-element header, and a real CT's 258-element header) and for compressed inputs (RLE,
-JPEG-LS, JPEG 2000), the decode-alone rate, the full ingest rate (decode, window, resize, hash, encode,
+JPEG-LS, JPEG 2000), and for the released RadImageNet layout (224x224 8-bit grey PNG, whose limit is
+PIL's decode alone; no goal is set for it), the decode-alone rate, the full ingest rate (decode, window, resize, hash, encode,
 tar, multipart upload to the local S3), their ratio (goal: >= 0.6) by wall clock, by the ingest's
-own CPU time and per added file (N files against N/2), and a per-stage breakdown. Then --workers 2 against --workers 1 on all cores (goal: ~2x).
+own CPU time and per added file (N files against N/2), and a per-stage breakdown. Then --workers 2
+against --workers 1 on all cores (goal: ~2x).
 """
 
 from __future__ import annotations
@@ -86,18 +88,34 @@ def write_ct(path: Path, pixels: np.ndarray, syntax, patient: int, header: Datas
     ds.save_as(path, enforce_file_format=True)
 
 
+def write_png(path: Path, pixels: np.ndarray, size: int = 224) -> None:
+    """A key image as RadImageNet released them: 8-bit grey PNG, already windowed and ~224 x 224."""
+    from PIL import Image
+
+    grey = np.clip((pixels.astype(np.float32) - 1024 - (40 - 200)) * (255 / 400), 0, 255).astype(np.uint8)
+    Image.fromarray(grey).resize((size, size), Image.Resampling.BOX).save(path, format="PNG")
+
+
 def make_inputs(root: Path, kind: str, syntax, n: int, rng: np.random.Generator,
                 header: Dataset | None = None) -> Path:
+    """``n`` CT slices in the folder layout (label = CT/abd/normal), 3 per patient; PNG if no ``syntax``."""
     folder = root / kind
     (folder / "CT/abd/normal").mkdir(parents=True)
     for i in range(n):
-        write_ct(folder / "CT/abd/normal" / f"{i:05d}.dcm", ct_image(rng), syntax, i // 3, header)
+        if syntax is None:
+            write_png(folder / "CT/abd/normal" / f"{i:05d}.png", ct_image(rng))
+        else:
+            write_ct(folder / "CT/abd/normal" / f"{i:05d}.dcm", ct_image(rng), syntax, i // 3, header)
     return folder
+
+
+def input_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix in (".dcm", ".png"))
 
 
 def half_of(folder: Path, dest: Path) -> Path:
     """A folder holding (hard links to) the first half of ``folder``'s files, same layout."""
-    files = sorted(folder.rglob("*.dcm"))
+    files = input_files(folder)
     for f in files[: len(files) // 2]:
         target = dest / f.relative_to(folder)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -108,8 +126,14 @@ def half_of(folder: Path, dest: Path) -> Path:
 def decode_alone(files: list[Path]) -> float:
     """Seconds per file for dcmread + pixel decode (the limit), by the plugin the ingest tries first
     (CharLS for JPEG-LS, 3.7x faster here than pydicom's default libjpeg), else pydicom's default."""
+    from PIL import Image
+
     t = time.perf_counter()
     for f in files:
+        if f.suffix == ".png":  # the released PNG layout: PIL decode alone
+            with Image.open(f) as im:
+                _ = np.asarray(im)
+            continue
         ds = pydicom.dcmread(f)
         _ = pixel_array(ds, decoding_plugin=decode.preferred_plugin(ds.file_meta.TransferSyntaxUID))
     return (time.perf_counter() - t) / len(files)
@@ -139,8 +163,8 @@ def full_ingest(folder: Path, workers: int, size: int) -> tuple[float, float]:
     (folder layout) into a fresh S3 prefix. CPU counts every thread of the process (the part
     uploads too), not the S3 server or Ray workers."""
     out = f"s3://radimagenet/bench/{uuid.uuid4().hex[:8]}"
-    n = sum(1 for _ in folder.rglob("*.dcm"))
-    cfg = IngestConfig(source=str(folder), out=out, image_size=size, workers=workers, patient_from="dicom",
+    n = len(input_files(folder))
+    cfg = IngestConfig(source=str(folder), out=out, image_size=size, workers=workers, patient_from="auto",
                        shard_size=64 * 1024 * 1024)
     t, c = time.perf_counter(), time.process_time()
     manifest = ingest(cfg, SECRET, progress=False)
@@ -193,7 +217,7 @@ def scaling(folder: Path, warmup: Path, size: int, cores: int) -> None:
     cfg = IngestConfig(source=str(warmup), out=f"s3://radimagenet/bench/{uuid.uuid4().hex[:8]}", image_size=size,
                        workers=2, chunk_size=2, patient_from="dicom")
     ingest(cfg, SECRET, progress=False)
-    n = sum(1 for _ in folder.rglob("*.dcm"))
+    n = len(input_files(folder))
     rate, cpu = {}, {}
     for workers in (1, 2):
         b0 = busy_seconds()
@@ -226,7 +250,8 @@ def main() -> int:
              ("unc+ct-header", ExplicitVRLittleEndian, args.files, real_ct_header()),
              ("rle", RLELossless, args.files, None),
              ("jpeg-ls", JPEGLSLossless, max(60, args.files // 3), None),
-             ("jpeg2000", JPEG2000Lossless, max(30, args.files // 10), None)]
+             ("jpeg2000", JPEG2000Lossless, max(30, args.files // 10), None),
+             ("png-224", None, args.files, None)]
     if args.inputs != "all":
         chosen = args.inputs.split(",")
         if unknown := set(chosen) - {k[0] for k in kinds}:
@@ -246,7 +271,7 @@ def main() -> int:
             except Exception as exc:  # noqa: BLE001 - an encoder may be missing
                 print(f"{kind:<13} skipped: cannot encode ({exc})")
                 continue
-            files = sorted(folder.rglob("*.dcm"))
+            files = input_files(folder)
             os.sched_setaffinity(0, {min(all_cores)})
             decode_alone(files[:10])  # warm up
             limit = decode_alone(files)

@@ -75,7 +75,7 @@ def pixel_key(image: np.ndarray) -> str:
 def encode_image(image: np.ndarray, encoding: str) -> bytes:
     """Lossless encoding of a uint8 grey image: ``npy`` (raw, fastest) or ``png``."""
     if encoding == "npy":
-        return _npy_header(image.shape, image.dtype.str) + np.ascontiguousarray(image).tobytes()
+        return b"".join((_npy_header(image.shape, image.dtype.str), np.ascontiguousarray(image).data))
     from PIL import Image
 
     buf = io.BytesIO()
