@@ -152,3 +152,31 @@ def test_tar_header_is_a_valid_deterministic_ustar_header():
             name, size, 0o444, 0, 0, tarfile.REGTYPE)
     with pytest.raises(ValueError, match="longer than 100"):
         tar_header("y" * 101, 1)
+
+
+def test_driver_state_counts_rejects_as_it_goes():
+    """The progress bar's reject count is kept incrementally (not recounted over every line per chunk,
+    which is quadratic in the number of inputs), and agrees with the report lines."""
+    from radimagenet.ingest.process import Reject, Sample
+    from radimagenet.ingest.run import _State
+
+    class Collect(list):
+        write = list.append
+
+    writers = {s: Collect() for s in ("train", "val", "test")}
+    state = _State(first_of_key={}, split_of_patient={}, lines={})
+
+    def sample(i, key, patient, split):
+        return Sample(index=i, source=f"{i}.dcm", key=key, split=split, patient=patient, label_id=0,
+                      image=b"", meta=b"{}")
+
+    results = [sample(0, "k0", "p1", "train"), Reject(1, "1.dcm", "blank", "every pixel is 0"),
+               sample(2, "k0", "p2", "val"),  # duplicate of 0
+               sample(3, "k3", "p1", "test"),  # split conflict: p1 is in train
+               sample(4, "k4", "p2", "val"), Reject(5, "5.dcm", "truncated", "cut")]
+    for res in results:
+        state.handle(res, writers)
+    statuses = collections.Counter(line["status"] for line in state.lines.values())
+    assert state.rejected == statuses["rejected"] == 3
+    assert statuses == {"written": 2, "duplicate": 1, "rejected": 3}
+    assert [s.index for s in writers["train"]] == [0] and [s.index for s in writers["val"]] == [4]

@@ -147,10 +147,12 @@ class _State:
     first_of_key: dict[str, tuple[str, str]]  # key -> (source, split) of the written copy
     split_of_patient: dict[str, str]
     lines: dict[int, dict[str, Any]]  # input index -> report line
+    rejected: int = 0  # rejects so far (the progress bar's count, kept O(1) per chunk)
 
     def handle(self, res: Sample | Reject, writers: dict[str, ShardWriter]) -> None:
         if isinstance(res, Reject):
             self.lines[res.index] = _line(res.source, "rejected", reason=f"{res.reason}: {res.detail}")
+            self.rejected += 1
             return
         if res.key in self.first_of_key:
             source, split = self.first_of_key[res.key]
@@ -160,6 +162,7 @@ class _State:
         if known != res.split:
             reason = f"split_conflict: this patient is already in {known!r}, the labels file says {res.split!r}"
             self.lines[res.index] = _line(res.source, "rejected", reason=reason)
+            self.rejected += 1
             return
         writers[res.split].write(res)
         self.first_of_key[res.key] = (res.source, res.split)
@@ -293,7 +296,7 @@ def ingest(cfg: IngestConfig, secret: bytes, progress: bool | None = None) -> di
             for res in results:
                 state.handle(res, writers)
             bar.update(len(results))
-            bar.set_postfix(rejected=sum(1 for v in state.lines.values() if v["status"] == "rejected"))
+            bar.set_postfix(rejected=state.rejected)
         for w in writers.values():  # every split's last shard uploads at the same time
             w.finish_shard()
         for w in writers.values():
