@@ -12,6 +12,7 @@ safetensors (no pickle); the architecture and preprocessing come from the versio
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Any
 
 from radimagenet import tracking
@@ -28,8 +29,8 @@ def load(ref: str, num_classes: int | None = None, *, tracking_uri: str = "", dr
     uri = tracking.tracking_uri(tracking_uri)
     tracking.check_reachable(uri)
     mv = tracking.resolve_backbone(uri, ref)
-    directory = tracking.download_backbone(uri, mv)
-    record, model = load_dir(directory, drop_rate=drop_rate)
+    with tempfile.TemporaryDirectory(prefix="radimagenet-backbone-") as tmp:  # the weights end up in memory
+        record, model = load_dir(tracking.download_backbone(uri, mv, dst=tmp), drop_rate=drop_rate)
     record.source = {**record.source, "registry_name": mv.name, "version": str(mv.version), "ref": ref}
     if num_classes is not None:
         model.reset_classifier(num_classes)

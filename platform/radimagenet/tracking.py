@@ -315,7 +315,8 @@ def resolve_backbone(uri: str, ref: str) -> Any:
 
 
 def download_backbone(uri: str, model_version: Any, dst: str | None = None) -> str:
-    """Download a model version's ``backbone/`` artifacts; returns the local directory."""
+    """Download a model version's ``backbone/`` artifacts into ``dst`` (default: a new temporary folder,
+    the caller's to delete); returns the local directory."""
     import mlflow.artifacts
 
     dst = dst or tempfile.mkdtemp(prefix="radimagenet-backbone-")

@@ -134,7 +134,13 @@ def test_two_workers_learn_survive_a_killed_worker_and_register(manifest_uri, tm
     mv = MlflowClient().get_model_version_by_alias(result.registry_name, "candidate")
     assert mv.version == "1" and mv.tags["arch"] == ARCH and mv.tags["input_size"] == "3x32x32"
     assert float(mv.tags["val/top1"]) > 0.6
+    import glob
+    import tempfile
+
+    downloads = set(glob.glob(os.path.join(tempfile.gettempdir(), "radimagenet-backbone-*")))
     model, record = backbones.load(f"{result.registry_name}@candidate", num_classes=2)
+    # the downloaded files are gone once the weights are in memory (each load used to leave a copy in /tmp)
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "radimagenet-backbone-*"))) == downloads
     assert record.arch == ARCH and record.num_classes == NUM_CLASSES and len(record.classes) == NUM_CLASSES
     assert record.dataset_digest == run.data.tags["radimagenet.dataset_digest"]
     assert record.metrics["val/top1"] == pytest.approx(result.metrics["val/top1"])
