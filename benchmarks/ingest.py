@@ -94,7 +94,7 @@ def write_png(path: Path, pixels: np.ndarray, size: int = 224) -> None:
     from PIL import Image
 
     grey = np.clip((pixels.astype(np.float32) - 1024 - (40 - 200)) * (255 / 400), 0, 255).astype(np.uint8)
-    Image.fromarray(grey).resize((size, size), Image.Resampling.BOX).save(path, format="PNG")
+    Image.fromarray(decode.resize(grey, size)).save(path, format="PNG")  # the ingest's own resize
 
 
 def make_inputs(root: Path, kind: str, syntax, n: int, rng: np.random.Generator,
@@ -219,20 +219,20 @@ def scaling(folder: Path, warmup: Path, size: int, cores: int) -> None:
                        workers=2, chunk_size=2, patient_from="dicom")
     ingest(cfg, SECRET, progress=False)
     n = len(input_files(folder))
-    rate, cpu = {}, {}
+    rate, cpu, driver_cpu = {}, {}, {}
     for workers in (1, 2):
-        b0, main = busy_seconds(), time.thread_time()
+        b0, t0 = busy_seconds(), time.thread_time()
         wall = full_ingest(folder, workers, size)[0]
         rate[workers], cpu[workers] = 1 / wall, (busy_seconds() - b0) / n
-    main = (time.thread_time() - main) / n  # the driver's thread in the 2-worker run: receive + write
+        driver_cpu[workers] = (time.thread_time() - t0) / n  # this thread: receive results + write shards
     bound = cores / cpu[2]  # files/s if every core did nothing but this ingest's work
     print(f"workers: 1 -> {rate[1]:.0f} files/s, 2 -> {rate[2]:.0f} files/s, speed-up {rate[2] / rate[1]:.2f}x "
           f"(goal: close to 2x)\n"
           f"  machine CPU per file (ingest, Ray, S3 server): 1 worker {cpu[1] * 1e3:.2f} ms, 2 workers "
           f"{cpu[2] * 1e3:.2f} ms; on {cores} cores 2 workers can reach at most {bound:.0f} files/s "
           f"({bound / rate[1]:.2f}x): measured {rate[2] / bound:.0%} of that bound\n"
-          f"  the driver's thread fed by Ray workers (receiving results + writing shards): {main * 1e3:.3f} ms per "
-          f"file: one ingest tops out near {1 / main:,.0f} files/s however many workers")
+          f"  the driver's thread fed by Ray workers (receiving results + writing shards): {driver_cpu[2] * 1e3:.3f} "
+          f"ms per file: one ingest tops out near {1 / driver_cpu[2]:,.0f} files/s however many workers")
 
 
 def main() -> int:
