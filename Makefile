@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 export RADIMAGENET_HOME ?= $(CURDIR)/.radimagenet
 
-.PHONY: install demo test test-unit lint bench clean stack-up stack-down
+.PHONY: install demo test test-fast lint bench clean stack-up stack-down
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,10 @@ test: $(STAMP)
 	$(PY) -m ruff check platform tests benchmarks pipelines
 	$(PY) -m pytest
 
-test-unit: $(STAMP)
-	$(PY) -m pytest tests/unit
+# the inner loop: every test that needs no server (under 2 minutes on 2 cores)
+test-fast: $(STAMP)
+	$(PY) -m ruff check platform tests benchmarks pipelines
+	$(PY) -m pytest -m "not integration and not e2e" -q
 
 lint: $(STAMP)
 	$(PY) -m ruff check platform tests benchmarks pipelines

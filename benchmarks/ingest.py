@@ -36,8 +36,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from radimagenet import decode
-from radimagenet.ingest import IngestConfig, ingest
+from radimagenet.ingest import IngestConfig, decode, ingest
 from radimagenet.ingest.process import encode_image, pixel_key
 
 SECRET = b"benchmark-secret-0123456789"
@@ -177,9 +176,9 @@ def full_ingest(folder: Path, workers: int, size: int) -> tuple[float, float]:
 def driver(size: int, n: int = 3000) -> None:
     """The serial part of every ingest: the driver's thread writing ready samples into a shard
     (tar members, SHA-256, handing parts to the upload thread). Its CPU per sample caps one ingest."""
-    from radimagenet import storage
+    from radimagenet.dataset.writer import ShardWriter
     from radimagenet.ingest.process import Sample
-    from radimagenet.ingest.shards import ShardWriter
+    from radimagenet.io import storage
 
     image = encode_image(np.random.default_rng(0).integers(0, 256, (size, size), dtype=np.uint8), "npy")
     meta = json.dumps({"label": "CT/abd/normal", "label_id": 0, "modality": "CT", "patient": "0" * 24,
@@ -211,7 +210,7 @@ def busy_seconds() -> float:
 
 def scaling(folder: Path, warmup: Path, size: int, cores: int) -> None:
     """--workers 2 against --workers 1, and the most the machine's cores allow for 2."""
-    from radimagenet.raycluster import init_ray
+    from radimagenet.io.cluster import init_ray
 
     init_ray(num_cpus=2)
     # Start and warm both Ray workers (imports, S3 client) outside the timed runs: chunks of 2 files.
@@ -245,7 +244,7 @@ def main() -> int:
     args = ap.parse_args()
     started = False
     if not os.environ.get("AWS_ENDPOINT_URL"):
-        from radimagenet import stack
+        from radimagenet.ops import stack
 
         os.environ.update(stack.up())
         started = True
@@ -301,7 +300,7 @@ def main() -> int:
             scaling(results["rle"][0], make_inputs(root, "warmup-ray", RLELossless, 32, rng), args.size,
                     len(all_cores))
     if started and not args.keep_stack:
-        from radimagenet import stack
+        from radimagenet.ops import stack
 
         stack.down()
     return 0

@@ -1,8 +1,8 @@
-"""Input-pipeline benchmark: images/s per core of ``radimagenet.data`` against a naive DICOM loader.
+"""Input-pipeline benchmark: images/s per core of ``radimagenet.data.loader`` against a naive DICOM loader.
 
     .venv/bin/python benchmarks/loader.py [--images 2000] [--dicoms 300]
 
-Uses the S3 named by the AWS_* variables, else starts the local stack (``radimagenet.stack.up()``).
+Uses the S3 named by the AWS_* variables, else starts the local stack (``radimagenet.ops.stack.up()``).
 Writes its own synthetic shards (grey 224x224 "CT-like" images: body ellipse, smooth organs, noise)
 in both encodings once (reused by later runs), then measures, in this one process pinned to one
 core with one torch thread (``num_workers=0``, i.e. what one DataLoader worker does):
@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the shard writer shared with the tests
 
 from helpers_shards import ensure_bucket, write_test_dataset  # noqa: E402
-from radimagenet import data, storage  # noqa: E402
+from radimagenet.data import loader as data  # noqa: E402
+from radimagenet.io import storage  # noqa: E402
 
 SIZE = 224
 BATCH = 64
@@ -48,7 +49,7 @@ def ensure_s3() -> str:
     """Use the AWS_* environment, else start the local stack; return a description."""
     if os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ACCESS_KEY_ID"):
         return f"S3 from the environment ({os.environ.get('AWS_ENDPOINT_URL') or 'AWS'})"
-    from radimagenet import stack
+    from radimagenet.ops import stack
 
     os.environ.update(stack.up())
     return f"local stack ({os.environ.get('AWS_ENDPOINT_URL')})"

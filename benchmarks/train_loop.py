@@ -3,11 +3,11 @@
     python benchmarks/train_loop.py                       # resnet50, GPU if there is one
     python benchmarks/train_loop.py --arch densenet121 --batch-size 128 --steps 40
 
-Runs ``radimagenet.train.loop.train_one_epoch`` (the code every pretraining and fine-tuning run uses:
+Runs ``radimagenet.train.engine.train_one_epoch`` (the code every pretraining and fine-tuning run uses:
 bf16 autocast + channels_last on a GPU, optimizer, LR schedule, metric logging) over batches held in
 pinned host memory, so each step also copies its batch to the device as with the real loader, and
 compares it with ``benchmarks/train_step.py``'s bare step on a device-resident batch (the ceiling).
-Then Grad-CAM (``radimagenet.explain.gradcam``) on the trained model: maps/s. Needs no S3, Ray or
+Then Grad-CAM (``radimagenet.eval.explain.gradcam``) on the trained model: maps/s. Needs no S3, Ray or
 MLflow, so it runs on any machine with torch and timm.
 """
 
@@ -37,10 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     from train_step import make_step, timed
 
     from radimagenet.config import load_config
-    from radimagenet.explain import gradcam
-    from radimagenet.models import create_model
+    from radimagenet.eval.explain import gradcam
+    from radimagenet.models.factory import create_model
     from radimagenet.train.config import PretrainConfig
-    from radimagenet.train.loop import Context, build_optimizer, build_scheduler, train_one_epoch
+    from radimagenet.train.engine import Context, build_optimizer, build_scheduler, train_one_epoch
 
     gpu = torch.cuda.is_available()
     device = torch.device("cuda" if gpu else "cpu")

@@ -6,7 +6,7 @@
 
 On a GPU each step is bf16 autocast + channels_last + SGD (the pretraining loop's settings); on CPU
 fp32 with a small batch. Synthetic: one batch reused (the model's ceiling). Real loader: batches
-streamed from S3 through ``radimagenet.data.make_loader`` and copied to the device in the timed loop;
+streamed from S3 through ``radimagenet.data.loader.make_loader`` and copied to the device in the timed loop;
 the ratio real/synthetic says how much the input pipeline costs (goal on an H100: ResNet-50 >= 3,500
 img/s synthetic, real loader >= 90% of that).
 """
@@ -70,7 +70,7 @@ def bench_arch(arch: str, args, device, gpu: bool, manifest=None) -> dict:
 
     import torch
 
-    from radimagenet.models import create_model
+    from radimagenet.models.factory import create_model
 
     num_classes = len(manifest["classes"]) if manifest else args.num_classes
     model = create_model(arch, num_classes, in_chans=3).to(device)
@@ -87,7 +87,7 @@ def bench_arch(arch: str, args, device, gpu: bool, manifest=None) -> dict:
     out = {"arch": arch, "batch_size": bs, "image_size": size,
            "synthetic": timed(step, itertools.repeat((images, labels)), args.warmup, args.steps, device)}
     if manifest is not None:
-        from radimagenet import data
+        from radimagenet.data import loader as data
 
         def real():
             for epoch in itertools.count():
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     args.warmup = args.warmup if args.warmup is not None else (15 if gpu else 1)
     manifest = None
     if args.manifest:
-        from radimagenet import data
+        from radimagenet.data import loader as data
 
         manifest = data.load_manifest(args.manifest)
     name = torch.cuda.get_device_name() if gpu else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"

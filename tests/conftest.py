@@ -30,7 +30,7 @@ def _refresh_ray_auth() -> None:
 @pytest.fixture(scope="session")
 def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Start a stack for the session; yield its env (also put into ``os.environ``); stop it at the end."""
-    from radimagenet import stack
+    from radimagenet.ops import stack
 
     home = tmp_path_factory.mktemp("stack")
     saved = dict(os.environ)
@@ -57,3 +57,13 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
 def s3_prefix(stack_env: dict[str, str]) -> str:
     """A fresh ``s3://radimagenet/tests/<random>`` prefix on the session stack."""
     return f"s3://radimagenet/tests/{uuid.uuid4().hex[:12]}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that starts or uses the stack must say so (``integration`` or ``e2e``), so that
+    ``make test-fast`` (``-m "not integration and not e2e"``) never starts a server."""
+    unmarked = [item.nodeid for item in items
+                if "stack_env" in getattr(item, "fixturenames", ())
+                and not (item.get_closest_marker("integration") or item.get_closest_marker("e2e"))]
+    if unmarked:
+        raise pytest.UsageError(f"tests use the stack without the integration marker: {unmarked}")

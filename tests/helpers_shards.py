@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import numpy as np
 from PIL import Image
 
-from radimagenet import storage
+from radimagenet.io import storage
 
 FORMAT = "radimagenet-dataset/1"
 ImageFn = Callable[[str, int, int], np.ndarray]

@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from radimagenet.compare import compare
+    from radimagenet.tasks.compare import compare
 
     result = compare(args.backbones, args.data, seeds=args.seeds, config_path=args.config,
                      overrides=args.overrides, reference=args.reference, run_name=args.run_name,

@@ -17,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from radimagenet import dataset
+    from radimagenet.dataset import inspect as dataset
 
     manifest = dataset.load_manifest(args.uri)
     if args.action == "inspect":

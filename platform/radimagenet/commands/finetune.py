@@ -16,12 +16,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from radimagenet.finetune import FinetuneConfig, validate
+    from radimagenet.tasks.finetune import FinetuneConfig, validate
 
     cfg = load_or_print(FinetuneConfig, validate, args)
     if cfg is None:
         return 0
-    from radimagenet.finetune import finetune, summary_line
+    from radimagenet.tasks.finetune import finetune, summary_line
 
     result = finetune(cfg, in_process=args.in_process)
     print(f"run {result.run_name} ({'resumed' if result.resumed else 'new'}), MLflow run {result.run_id}, "

@@ -45,7 +45,7 @@ def _windows(items: list[str]) -> dict[str, tuple[float, float]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from radimagenet.dataset import split_warnings
+    from radimagenet.dataset.inspect import split_warnings
     from radimagenet.errors import ConfigError
     from radimagenet.ingest import IngestConfig, ingest
     from radimagenet.ingest.config import parse_size

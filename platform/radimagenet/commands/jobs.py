@@ -32,7 +32,7 @@ def _short(text: str, width: int = 70) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from radimagenet import jobs
+    from radimagenet.ops import jobs
 
     address = getattr(args, "address_after", None) or args.address
     if args.action == "list":

@@ -23,7 +23,7 @@ def _fmt(value: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from radimagenet import tracking
+    from radimagenet.io import tracking
 
     uri = tracking.tracking_uri()
     tracking.check_reachable(uri)

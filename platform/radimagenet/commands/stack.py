@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from radimagenet import stack
+from radimagenet.ops import stack
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

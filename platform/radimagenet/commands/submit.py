@@ -3,7 +3,7 @@
     radimagenet submit ingest --follow -- corpus/ --labels corpus/labels.csv --out s3://radimagenet/datasets/demo
     radimagenet submit pretrain --name demo --follow -- --config pipelines/demo-pretrain.yaml train.epochs=2
 
-See :mod:`radimagenet.jobs` for what is shipped, how credentials travel and how resubmission resumes.
+See :mod:`radimagenet.ops.jobs` for what is shipped, how credentials travel and how resubmission resumes.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ VALUED = ("--address", "--name", "--num-cpus", "--num-gpus")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from radimagenet.jobs import VERBS
+    from radimagenet.ops.jobs import VERBS
 
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = EPILOG
@@ -57,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def split_args(args: argparse.Namespace) -> argparse.Namespace:
     """Submit options given after the command (before `--`) merged in; ``args.args`` = the command's."""
     from radimagenet.errors import ConfigError
-    from radimagenet.jobs import VERBS
+    from radimagenet.ops.jobs import VERBS
 
     rest = list(args.args)
     if not rest or rest[0] not in VERBS:
@@ -88,7 +88,7 @@ def split_args(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
-    from radimagenet import jobs
+    from radimagenet.ops import jobs
 
     args = split_args(args)
     sub = jobs.submit(args.command, list(args.args), args.address, name=args.name, num_cpus=args.num_cpus,
@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
 
 def follow_exit(job_id: str, address: str | None) -> int:
     """Follow ``job_id`` to its end; 0 when it succeeded, 1 otherwise (130 on Ctrl-C, the job goes on)."""
-    from radimagenet import jobs
+    from radimagenet.ops import jobs
 
     try:
         info = jobs.follow(job_id, address)

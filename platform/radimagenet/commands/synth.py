@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the corpus and print a one-line summary (never the PHI)."""
-    from radimagenet.synth import synthesize
+    from radimagenet.ops.synth import synthesize
 
     info = synthesize(args.out, args.images, seed=args.seed, task=args.task, clean=args.clean)
     summary = {k: info[k] for k in ("task", "seed", "images", "patients", "classes", "planted")}

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import xxhash
 
-from radimagenet import decode
+from radimagenet.dataset.writer import Sample
+from radimagenet.ingest import decode
 from radimagenet.ingest.deid import clean_meta, patient_key, split_of
 from radimagenet.ingest.sources import InputRow
 
@@ -31,21 +32,6 @@ class Context:
     secret: bytes
     fractions: tuple[float, float, float]
     patient_from: str
-
-
-@dataclass
-class Sample:
-    """A file that will be written (unless a duplicate of an earlier one)."""
-
-    index: int
-    source: str
-    key: str
-    split: str
-    patient: str
-    label_id: int
-    image: bytes  # encoded image member
-    meta: bytes  # json member
-    mask: bytes | None = None
 
 
 @dataclass

@@ -19,14 +19,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from radimagenet import decode, storage
+from radimagenet.dataset.writer import ShardRecord, ShardWriter
 from radimagenet.errors import ConfigError
+from radimagenet.ingest import decode
 from radimagenet.ingest.config import SPLITS, IngestConfig
 from radimagenet.ingest.deid import secret_fingerprint
 from radimagenet.ingest.process import Context, Reject, Sample, process_rows
-from radimagenet.ingest.shards import ShardRecord, ShardWriter
 from radimagenet.ingest.sources import InputRow, class_list, read_inputs
-from radimagenet.storage import S3Uri
+from radimagenet.io import storage
+from radimagenet.io.storage import S3Uri
 
 FORMAT = "radimagenet-dataset/1"
 
@@ -117,7 +118,7 @@ def run_chunks(chunks: list[list[InputRow]], ctx: Context, workers: int) -> Iter
         return
     import ray
 
-    from radimagenet.raycluster import init_ray
+    from radimagenet.io.cluster import init_ray
 
     init_ray(num_cpus=workers)
     task = ray.remote(num_cpus=1, max_retries=3)(process_rows)

@@ -25,9 +25,9 @@ from urllib.parse import urlparse
 
 import yaml
 
-from radimagenet import storage, tracking
 from radimagenet.config import flatten, to_dict
 from radimagenet.errors import ConfigError, RadImageNetError
+from radimagenet.io import storage, tracking
 from radimagenet.train.config import PretrainConfig, resolve
 
 FORWARDED_ENV_PREFIXES = ("AWS_", "MLFLOW_", "RADIMAGENET_")
@@ -98,7 +98,7 @@ def check_shards(manifest: dict, cfg: PretrainConfig) -> None:
 def prepare_data(cfg: Any, resolve_fn: Any) -> tuple[Any, dict]:
     """The checks pretraining and fine-tuning share: resolve the config, reach the buckets, load the
     manifest, resolve again with it (image size, classes), check the shards. Returns (cfg, manifest)."""
-    from radimagenet import data
+    from radimagenet.data import loader as data
 
     cfg = resolve_fn(cfg)
     storage.check_bucket(cfg.data.manifest)
@@ -112,7 +112,7 @@ def prepare_data(cfg: Any, resolve_fn: Any) -> tuple[Any, dict]:
 
 def preflight(cfg: PretrainConfig) -> tuple[PretrainConfig, dict, str]:
     """Check everything that can be checked before training; returns (resolved cfg, manifest, uri)."""
-    from radimagenet.models import check_arch
+    from radimagenet.models.factory import check_arch
 
     cfg, manifest = prepare_data(cfg, resolve)
     check_arch(cfg.model.arch)
@@ -156,7 +156,7 @@ def _safe_end(uri: str, run_id: str, status: str) -> None:
 
 
 def _train_in_process(cfg: PretrainConfig, config: dict) -> tuple[dict, Any]:
-    from radimagenet.train.loop import _fs_checkpoints, local_context, train_loop
+    from radimagenet.train.engine import _fs_checkpoints, local_context, train_loop
 
     ctx = local_context(cfg)
     metrics = train_loop(config, ctx)
@@ -169,7 +169,7 @@ def _worker_env() -> dict[str, str]:
     """Settings the training workers get from the driver. Credentials are left out: Ray shows a
     runtime env to anyone holding the cluster token, and workers inherit them from their node's
     environment anyway; only a job submitted with ``--ship-credentials`` passes them on."""
-    from radimagenet.jobs import CREDENTIAL_ENV, SHIP_FLAG
+    from radimagenet.ops.jobs import CREDENTIAL_ENV, SHIP_FLAG
 
     ship = os.environ.get(SHIP_FLAG) == "1"
     return {k: v for k, v in os.environ.items()
@@ -235,7 +235,7 @@ def fit_with_ray(train_fn: Any, cfg: Any, config: dict, what: str = "training") 
 
 
 def _train_with_ray(cfg: PretrainConfig, config: dict) -> tuple[dict, Any]:
-    from radimagenet.train.loop import ray_train_fn
+    from radimagenet.train.engine import ray_train_fn
 
     result = fit_with_ray(ray_train_fn, cfg, config)
     ckpt = result.checkpoint
@@ -253,7 +253,7 @@ def register(cfg: PretrainConfig, uri: str, run_id: str, ckpt: Any, metrics: dic
     returns ``(version, the checkpoint's metrics)``."""
     import pyarrow.fs as pafs
 
-    from radimagenet.models import BackboneRecord
+    from radimagenet.models.factory import BackboneRecord
     from radimagenet.train import checkpoint
 
     if ckpt is None:
@@ -292,7 +292,7 @@ def register(cfg: PretrainConfig, uri: str, run_id: str, ckpt: Any, metrics: dic
             f"input {record.in_chans}x{record.input_size[1]}x{record.input_size[2]}, grey replicated, "
             f"mean {list(record.mean)} std {list(record.std)} on [0,1] pixels; "
             f"val top-1 {final.get('val/top1', float('nan')):.4f}, AUC {final.get('val/auc_macro', float('nan')):.4f}. "
-            f"Load with radimagenet.backbones.load('{cfg.registry.name}/<version>')."
+            f"Load with radimagenet.models.registry.load('{cfg.registry.name}/<version>')."
         )
         version = tracking.register_backbone(uri, run_id, out, cfg.registry.name, cfg.registry.alias, tags,
                                              description)

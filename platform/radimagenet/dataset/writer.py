@@ -1,0 +1,207 @@
+"""WebDataset tar shards streamed to S3: ``<split>-000000.tar``, ``<split>-000001.tar``, ...
+
+Tar members are plain ustar entries written directly (headers built here, see :func:`tar_header`).
+A :class:`ShardWriter` is a context manager (mosaicml/streaming style). Each shard is one multipart
+upload that becomes visible only when the shard is complete; ``on_shard`` is called after that with
+the shard's record, which the driver journals. Completing a shard (its last part, the completion
+request, ``on_shard``) runs on a background thread while the caller fills the next shard; ``close``
+waits for all of them and raises the first error. Tar members are written deterministically (fixed
+mtime, owner and mode) so equal samples give byte-identical shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from radimagenet.io.storage import S3Uri, S3Writer
+
+
+@dataclass
+class Sample:
+    """A file that will be written (unless a duplicate of an earlier one)."""
+
+    index: int
+    source: str
+    key: str
+    split: str
+    patient: str
+    label_id: int
+    image: bytes  # encoded image member
+    meta: bytes  # json member
+    mask: bytes | None = None
+
+
+@dataclass
+class ShardRecord:
+    """What the manifest and the journal keep about one finished shard."""
+
+    split: str
+    index: int
+    url: str
+    samples: int
+    bytes: int
+    sha256: str
+    members: list[dict[str, Any]] = field(default_factory=list)  # index, source, key, label_id, patient
+
+    def manifest_entry(self) -> dict[str, Any]:
+        return {"url": self.url, "samples": self.samples, "bytes": self.bytes, "sha256": self.sha256}
+
+
+MAX_PENDING_COMMITS = 2  # finished shards still uploading, per writer
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:06d}.tar"
+
+
+class _HashingSink(io.RawIOBase):
+    """Forwards writes to S3 while computing the SHA-256 of everything written."""
+
+    def __init__(self, target: S3Writer):
+        super().__init__()
+        self.target = target
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return self.target.write(data)
+
+
+# The fixed fields of every ustar header: mode 0444, owner 0, mtime 0, a regular file ("0").
+_MODE_OWNER = b"0000444\0" b"0000000\0" b"0000000\0"  # bytes 100-124
+_MTIME = b"00000000000\0"  # bytes 136-148
+_TAIL = (b"0" + b"\0" * 100 + b"ustar\x0000").ljust(356, b"\0")  # bytes 156-512: type, link, magic
+_FIXED_SUM = sum(_MODE_OWNER) + sum(_MTIME) + sum(_TAIL) + 8 * ord(" ")  # checksum field counts as spaces
+
+
+def tar_header(name: str, size: int) -> bytes:
+    """A POSIX ustar header for a regular file (mode 0444, owner 0, mtime 0): deterministic, and built
+    from constant parts: 1.6 us against 26 for ``tarfile.TarInfo.tobuf``, on the driver's thread,
+    which writes every member of every shard."""
+    raw = name.encode()
+    if len(raw) > 100:
+        raise ValueError(f"tar member name longer than 100 bytes: {name!r}")
+    size_field = b"%011o\0" % size
+    checksum = b"%06o\0 " % (_FIXED_SUM + sum(raw) + sum(size_field))
+    return b"".join((raw.ljust(100, b"\0"), _MODE_OWNER, size_field, _MTIME, checksum, _TAIL))
+
+
+def _members(sample: Sample, encoding: str) -> bytes:
+    """A sample's tar members (image, class, metadata[, mask]), joined: one write per sample."""
+    members = [(f"{sample.key}.{encoding}", sample.image), (f"{sample.key}.cls", str(sample.label_id).encode()),
+               (f"{sample.key}.json", sample.meta)]
+    if sample.mask is not None:
+        members.append((f"{sample.key}.mask.png", sample.mask))
+    parts = []
+    for name, data in members:
+        parts += (tar_header(name, len(data)), data, b"\0" * (-len(data) % 512))
+    return b"".join(parts)
+
+
+class ShardWriter:
+    """Write samples of one split into size-bounded tar shards under ``prefix``."""
+
+    def __init__(
+        self,
+        prefix: S3Uri,
+        split: str,
+        encoding: str,
+        target_bytes: int,
+        first_index: int = 0,
+        on_shard: Callable[[ShardRecord], None] | None = None,
+    ):
+        self.prefix, self.split, self.encoding = prefix, split, encoding
+        self.target_bytes = target_bytes
+        self.next_index = first_index
+        self.on_shard = on_shard
+        self.records: list[ShardRecord] = []
+        self._open: tuple[S3Writer, _HashingSink, ShardRecord] | None = None
+        self._pending: list[Future] = []
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _start(self) -> None:
+        url = self.prefix.join(shard_name(self.split, self.next_index))
+        s3 = S3Writer(url)
+        record = ShardRecord(self.split, self.next_index, str(url), 0, 0, "")
+        self._open = (s3, _HashingSink(s3), record)
+        self.next_index += 1
+
+    def write(self, sample: Sample) -> None:
+        """Append one sample; finishes the shard once it passes the target size."""
+        if self._open is None:
+            self._start()
+        s3, sink, record = self._open
+        sink.write(_members(sample, self.encoding))
+        record.samples += 1
+        record.members.append(
+            {"index": sample.index, "source": sample.source, "key": sample.key,
+             "label_id": sample.label_id, "patient": sample.patient}
+        )
+        if sink.size >= self.target_bytes:
+            self.finish_shard()
+
+    def finish_shard(self) -> None:
+        """Close the open shard (if any); its upload completes, then ``on_shard`` runs, in the background."""
+        if self._open is None:
+            return
+        while len(self._pending) >= MAX_PENDING_COMMITS:  # bounded memory: each holds a part
+            self._pending.pop(0).result()  # an error here leaves this shard open for abort()
+        s3, sink, record = self._open
+        self._open = None
+        sink.write(b"\0" * 1024)  # end-of-archive marker: two zero blocks
+        record.bytes, record.sha256 = sink.size, sink.sha.hexdigest()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"shards-{self.split}")
+        self._pending.append(self._pool.submit(self._commit, s3, record))
+
+    def _commit(self, s3: S3Writer, record: ShardRecord) -> None:
+        s3.commit()
+        self.records.append(record)
+        if self.on_shard:
+            self.on_shard(record)
+
+    def close(self) -> None:
+        """Finish the open shard and wait until every shard is uploaded and reported."""
+        self.finish_shard()
+        self._drain(raise_errors=True)
+
+    def abort(self) -> None:
+        """Drop the open shard (its multipart upload is aborted, nothing half-written remains) after
+        the shards already finished are uploaded and reported, so a re-run does not redo them."""
+        if self._open is not None:
+            self._open[0].abort()
+            self._open = None
+        self._drain(raise_errors=False)
+
+    def _drain(self, raise_errors: bool) -> None:
+        pending, self._pending = self._pending, []
+        errors = []
+        for future in pending:
+            try:
+                future.result()
+            except BaseException as exc:  # noqa: BLE001 - report the first, after waiting for all
+                errors.append(exc)
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        if errors and raise_errors:
+            raise errors[0]
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

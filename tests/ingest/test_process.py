@@ -1,0 +1,182 @@
+"""Ingest pieces that need no server: inputs, de-identification, splits, settings."""
+
+import collections
+
+import numpy as np
+import pytest
+
+from radimagenet.dataset.inspect import split_warnings, summary
+from radimagenet.errors import ConfigError
+from radimagenet.ingest.config import IngestConfig, parse_size
+from radimagenet.ingest.deid import clean_meta, load_secret, patient_key, split_of
+from radimagenet.ingest.process import encode_image, pixel_key
+from radimagenet.ingest.sources import class_list, read_inputs
+
+
+def test_labels_csv_rows_and_problems(tmp_path):
+    (tmp_path / "a.dcm").write_bytes(b"x")
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,label,patient_id,split\na.dcm,CT/lung/nodule,P1,train\n,CT/lung/normal,P2,\n"
+                   "b.dcm,,P3,\nc.dcm,CT/lung/normal,P4,holdout\n")
+    rows = read_inputs(str(tmp_path), str(csv))
+    assert [r.index for r in rows] == [0, 1, 2, 3]
+    assert rows[0].label == "CT/lung/nodule" and rows[0].patient_id == "P1" and rows[0].problem is None
+    assert rows[1].problem[0] == "bad_row"
+    assert rows[2].problem[0] == "missing_label"
+    assert rows[3].problem[0] == "bad_split"
+    assert class_list(rows) == ["CT/lung/nodule"]
+
+
+def test_labels_csv_missing_columns_fails_fast(tmp_path):
+    csv = tmp_path / "labels.csv"
+    csv.write_text("file,class\na.dcm,x\n")
+    with pytest.raises(ConfigError, match=r"missing column\(s\) \['path', 'label'\]"):
+        read_inputs(str(tmp_path), str(csv))
+
+
+def test_patient_in_two_splits_in_the_csv_fails_fast(tmp_path):
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,label,patient_id,split\na.dcm,x,P1,train\nb.dcm,x,P1,test\n")
+    with pytest.raises(ConfigError, match="same patient"):
+        read_inputs(str(tmp_path), str(csv))
+
+
+def test_folder_layout_labels(tmp_path):
+    for rel in ["CT/lung/nodule/1.png", "US/gb/2.png", "stray.png"]:
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+    rows = read_inputs(str(tmp_path), None)
+    by_source = {r.source: r for r in rows}
+    assert by_source["CT/lung/nodule/1.png"].label == "CT/lung/nodule"
+    assert by_source["US/gb/2.png"].label == "US/gb"
+    assert by_source["stray.png"].problem[0] == "missing_label"
+
+
+def test_patient_key_is_keyed_and_stable():
+    a, b = b"secret-one-0123456789", b"secret-two-0123456789"
+    assert patient_key(a, "MRN1") == patient_key(a, "MRN1")
+    assert patient_key(a, "MRN1") != patient_key(b, "MRN1")
+    assert "MRN1" not in patient_key(a, "MRN1") and len(patient_key(a, "MRN1")) == 16
+
+
+def test_split_fractions_are_respected():
+    secret = b"0123456789abcdef0123"
+    counts = collections.Counter(split_of(patient_key(secret, f"P{i}"), (0.8, 0.1, 0.1)) for i in range(5000))
+    assert 0.77 < counts["train"] / 5000 < 0.83
+    assert 0.08 < counts["val"] / 5000 < 0.12
+    assert split_of("0" * 16, (0.0, 0.0, 1.0)) == "test"
+
+
+def _manifest(samples: dict[str, int], fractions) -> dict:
+    splits = {s: {"samples": n, "patients": n, "shards": [], "classes": {"a": n}} for s, n in samples.items()}
+    counts = {"inputs": 30, "written": 30, "rejected": 0, "duplicates": 0}
+    return {"uri": "s3://b/d", "digest": "sha256:0", "created": "now", "image_size": 64, "encoding": "npy",
+            "classes": ["a"], "splits": splits, "counts": counts, "ingest": {"split_fractions": fractions}}
+
+
+def test_a_split_that_drew_no_patient_is_warned_about():
+    # 30 patients at 0.1 leave val empty for about 4% of secrets: ingest and inspect say so and how to fix it
+    empty_val = _manifest({"train": 26, "val": 0, "test": 4}, [0.8, 0.1, 0.1])
+    (warning,) = split_warnings(empty_val)
+    assert "'val' is empty" in warning and "30 patient(s)" in warning and "'split' column" in warning
+    assert summary(empty_val).endswith(f"warning: {warning}")
+    assert split_warnings(_manifest({"train": 26, "val": 0, "test": 4}, [0.9, 0.0, 0.1])) == []  # asked for none
+    assert split_warnings(_manifest({"train": 24, "val": 3, "test": 3}, [0.8, 0.1, 0.1])) == []
+
+
+def test_meta_whitelist_drops_everything_else():
+    meta = {"modality": "CT", "rows": 512, "PatientName": "X", "StudyDate": "2020", "uid": "1.2.3"}
+    assert clean_meta(meta) == {"modality": "CT", "rows": 512}
+
+
+def test_secret_from_home_is_created_once(tmp_path, monkeypatch):
+    monkeypatch.delenv("RADIMAGENET_DEID_SECRET", raising=False)
+    first = load_secret(home=tmp_path)
+    assert load_secret(home=tmp_path) == first and len(first) >= 32
+    assert (tmp_path / "deid-secret").stat().st_mode & 0o077 == 0
+    monkeypatch.setenv("RADIMAGENET_DEID_SECRET", "short")
+    with pytest.raises(ConfigError):
+        load_secret(home=tmp_path)
+
+
+def test_config_validation_and_sizes():
+    assert parse_size("256MB") == 256 * 1024**2 and parse_size("64KiB") == 65536 and parse_size("1000") == 1000
+    with pytest.raises(ConfigError):
+        parse_size("lots")
+    with pytest.raises(ConfigError, match="summing to 1"):
+        IngestConfig(source=".", out="s3://b/p", split_fractions=(0.5, 0.1, 0.1))
+    with pytest.raises(ConfigError, match="encoding"):
+        IngestConfig(source=".", out="s3://b/p", encoding="jpeg")
+
+
+def test_pixel_key_and_encodings_are_lossless():
+    img = (np.arange(64 * 48) % 251).astype(np.uint8).reshape(64, 48)
+    assert pixel_key(img) == pixel_key(img.copy()) != pixel_key(img.T.copy())
+    assert pixel_key(img) != pixel_key(img.reshape(48, 64))  # same bytes, other shape: another image
+    assert pixel_key(img[:, ::2]) == pixel_key(np.ascontiguousarray(img[:, ::2]))  # views hash their pixels
+    assert len(pixel_key(img)) == 32 and int(pixel_key(img), 16) >= 0  # 128 bits, hex
+    import io
+
+    from PIL import Image
+
+    assert np.array_equal(np.load(io.BytesIO(encode_image(img, "npy")), allow_pickle=False), img)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(encode_image(img, "png")))), img)
+    for image in (img, img[:, ::2], np.zeros((224, 224), np.uint8), np.zeros((7, 300), np.uint8)):
+        written = io.BytesIO()  # the cached header gives the bytes numpy itself writes
+        np.lib.format.write_array(written, np.ascontiguousarray(image), allow_pickle=False)
+        assert encode_image(image, "npy") == written.getvalue()
+
+
+def _reference_tar_header(name: str, size: int) -> bytes:
+    """The ustar header built field by field (what tar_header must produce)."""
+    header = bytearray(512)
+    header[0 : len(name)] = name.encode()
+    header[100:108], header[108:116], header[116:124] = b"0000444\0", b"0000000\0", b"0000000\0"
+    header[124:136], header[136:148] = b"%011o\0" % size, b"00000000000\0"
+    header[148:156], header[156:157], header[257:265] = b"        ", b"0", b"ustar\x0000"
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header)
+
+
+def test_tar_header_is_a_valid_deterministic_ustar_header():
+    import tarfile
+
+    from radimagenet.dataset.writer import tar_header
+
+    for name, size in [("a.cls", 1), ("0" * 32 + ".npy", 50_304), ("k.mask.png", 0), ("x" * 100, 8**11 - 1)]:
+        header = tar_header(name, size)
+        assert header == _reference_tar_header(name, size)
+        info = tarfile.TarInfo.frombuf(header, "utf-8", "strict")  # raises on a bad checksum
+        assert (info.name, info.size, info.mode, info.mtime, info.uid, info.type) == (
+            name, size, 0o444, 0, 0, tarfile.REGTYPE)
+    with pytest.raises(ValueError, match="longer than 100"):
+        tar_header("y" * 101, 1)
+
+
+def test_driver_state_counts_rejects_as_it_goes():
+    """The progress bar's reject count is kept incrementally (not recounted over every line per chunk,
+    which is quadratic in the number of inputs), and agrees with the report lines."""
+    from radimagenet.ingest.process import Reject, Sample
+    from radimagenet.ingest.run import _State
+
+    class Collect(list):
+        write = list.append
+
+    writers = {s: Collect() for s in ("train", "val", "test")}
+    state = _State(first_of_key={}, split_of_patient={}, lines={})
+
+    def sample(i, key, patient, split):
+        return Sample(index=i, source=f"{i}.dcm", key=key, split=split, patient=patient, label_id=0,
+                      image=b"", meta=b"{}")
+
+    results = [sample(0, "k0", "p1", "train"), Reject(1, "1.dcm", "blank", "every pixel is 0"),
+               sample(2, "k0", "p2", "val"),  # duplicate of 0
+               sample(3, "k3", "p1", "test"),  # split conflict: p1 is in train
+               sample(4, "k4", "p2", "val"), Reject(5, "5.dcm", "truncated", "cut")]
+    for res in results:
+        state.handle(res, writers)
+    statuses = collections.Counter(line["status"] for line in state.lines.values())
+    assert state.rejected == statuses["rejected"] == 3
+    assert statuses == {"written": 2, "duplicate": 1, "rejected": 3}
+    assert [s.index for s in writers["train"]] == [0] and [s.index for s in writers["val"]] == [4]

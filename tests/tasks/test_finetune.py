@@ -1,0 +1,190 @@
+"""Fine-tuning against the local stack, on the synthetic downstream task (liver lesion yes/no + masks).
+
+synthesize -> ingest (64 px, masks) -> shards on S3; a tiny backbone is pretrained on the synthetic
+pretrain corpus with the pretraining API and registered. Then: classification on 2 Ray workers with
+Grad-CAM and localisation scores, segmentation (U-Net on the registered encoder), the comparison of the
+pretrained backbone against scratch over 5 seeds, and bad inputs that must fail before any run exists.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import helpers_shards
+from helpers_assets import ARCH, EXPERIMENT, SIZE, assets
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def data(stack_env, tmp_path_factory) -> Iterator[dict[str, str]]:
+    yield assets(os.environ["AWS_ENDPOINT_URL"], str(tmp_path_factory.mktemp("finetune-assets")))
+    import ray
+
+    if ray.is_initialized():  # disconnect before the stack stops: a driver whose GCS dies exits the process
+        ray.shutdown()
+
+
+def overrides(data: dict, run_name: str, tmp: Path, **extra) -> list[str]:
+    base = {"data.manifest": data["downstream"], "backbone": data["backbone"], "model.arch": ARCH,
+            "data.num_workers": 0, "train.epochs": 2, "train.batch_size": 32, "train.lr": 1e-3,
+            "train.log_every": 2, "eval.n_boot": 200, "scaling.num_workers": 1,
+            "tracking.experiment": EXPERIMENT, "tracking.run_name": run_name,
+            "checkpoint.storage_path": str(tmp / "ckpt")}
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def config(*args, **kw):
+    from radimagenet.config import load_config
+    from radimagenet.tasks.finetune import FinetuneConfig
+
+    return load_config(FinetuneConfig, None, overrides(*args, **kw))
+
+
+def runs_named(run_name: str, experiment: str = EXPERIMENT) -> list:
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient()
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return c.search_runs([exp.experiment_id], filter_string=f"tags.`radimagenet.run_name` = '{run_name}'")
+
+
+def artifacts(run_id: str, path: str = "") -> list[str]:
+    from mlflow.tracking import MlflowClient
+
+    out = []
+    for a in MlflowClient().list_artifacts(run_id, path):
+        out += artifacts(run_id, a.path) if a.is_dir else [a.path]
+    return out
+
+
+def test_classification_on_two_ray_workers_with_gradcam(data, tmp_path):
+    from radimagenet.tasks.finetune import finetune
+
+    run_name = f"cls-{uuid.uuid4().hex[:6]}"
+    result = finetune(config(data, run_name, tmp_path, **{
+        "scaling.num_workers": 2, "checkpoint.storage_path": "s3://radimagenet/test-checkpoints/finetune",
+        "eval.gradcam_samples": 4}))
+    m = result.metrics
+    assert 0 <= m["test_auc_ci_low"] <= m["test_auc"] <= m["test_auc_ci_high"] <= 1, m
+    for key in ("test_accuracy", "test_sensitivity", "test_specificity", "test_threshold",
+                "test_gradcam_energy_on_lesion", "test_gradcam_pointing_game", "test_gradcam_lesion_area_fraction"):
+        assert key in m and np.isfinite(m[key]), key
+    assert 1 <= m["best_epoch"] <= 2
+
+    [run] = runs_named(run_name)
+    assert run.info.status == "FINISHED" and run.info.run_id == result.run_id
+    assert {"test_auc", "test_auc_ci_low", "test_gradcam_pointing_game", "val/loss", "train/epoch_loss"} <= set(
+        run.data.metrics)
+    assert run.data.metrics["val/samples"] > 0  # gathered across both ranks: every val sample once
+    name, version = result.backbone.split("/")
+    tags, params = run.data.tags, run.data.params
+    assert tags["radimagenet.backbone_version"] == version and tags["radimagenet.backbone_name"] == name
+    assert tags["radimagenet.backbone_ref"] == data["backbone"] and params["resolved_backbone"] == result.backbone
+    assert tags["radimagenet.dataset_digest"].startswith("sha256:") and run.inputs.dataset_inputs
+    assert params["train.optimizer"] == "adam" and params["model.drop_rate"] == "0.5"
+    files = artifacts(result.run_id)
+    assert {"plots/roc.png", "plots/confusion_matrix.png", "predictions/test.csv", "config/finetune.yaml",
+            "model/model.safetensors", "model/backbone.json"} <= set(files), files
+    assert len([f for f in files if "gradcam" in f]) == 4
+    print(f"\n[classification] {result.metrics}")
+
+
+def test_segmentation_unet_on_the_registered_encoder(data, tmp_path):
+    from radimagenet.tasks.finetune import finetune
+
+    run_name = f"seg-{uuid.uuid4().hex[:6]}"
+    result = finetune(config(data, run_name, tmp_path, task="segmentation", **{
+        "train.epochs": 1, "train.batch_size": 16, "eval.overlay_samples": 3}), in_process=True)
+    m = result.metrics
+    assert 0 <= m["test_dice"] <= 1 and m["test_n"] > 0 and "test_dice_lesion" in m, m
+    [run] = runs_named(run_name)
+    assert "test_dice" in run.data.metrics and run.data.tags["radimagenet.task"] == "segmentation"
+    files = artifacts(result.run_id)
+    assert len([f for f in files if f.startswith("overlays/segmentation_")]) == 3, files
+    print(f"\n[segmentation] {m}")
+
+
+def test_compare_pretrained_backbone_against_scratch(data, tmp_path, capsys):
+    """5 seeds x {pretrained backbone, scratch}: the table, nesting and tests, and the claim itself."""
+    from mlflow.tracking import MlflowClient
+
+    from radimagenet.cli import main
+
+    run_name = f"cmp-{uuid.uuid4().hex[:6]}"
+    argv = ["compare", "--backbones", data["backbone"], "scratch", "--data", data["downstream"], "--seeds", "5",
+            "--in-process", "--run-name", run_name,
+            *[o for o in overrides(data, run_name, tmp_path, **{
+                "eval.gradcam_samples": 0, "eval.gradcam_max_images": 0, "eval.log_model": "false"})
+              if not o.startswith(("backbone=", "data.manifest=", "tracking.run_name="))]]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| Initialisation |" in out and "scratch" in out and "p (DeLong)" in out
+
+    [parent] = runs_named(run_name)
+    c = MlflowClient()
+    children = c.search_runs([parent.info.experiment_id],
+                             filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(children) == 10 and all(r.info.status == "FINISHED" for r in children)
+    assert {"compare/table.md", "compare/table.csv", "compare/pairwise.csv", "compare/runs.csv"} <= set(
+        artifacts(parent.info.run_id))
+    pm = parent.data.metrics
+    pre, scratch = data["backbone"].replace("@", "-"), "scratch"
+    for init in (pre, scratch):
+        assert 0 <= pm[f"{init}/test_auc_mean"] <= 1
+    assert 0 <= pm[f"{scratch}/p_delong"] <= 1 and 0 <= pm[f"{scratch}/p_ttest"] <= 1
+    delta = pm[f"{pre}/test_auc_mean"] - pm[f"{scratch}/test_auc_mean"]
+    print(f"\n[compare] pretrained {pm[f'{pre}/test_auc_mean']:.4f} ± {pm[f'{pre}/test_auc_sd']:.4f}, "
+          f"scratch {pm[f'{scratch}/test_auc_mean']:.4f} ± {pm[f'{scratch}/test_auc_sd']:.4f}, "
+          f"delta {delta:+.4f}\n{out}")
+    # The synthetic pretraining corpus holds focal liver lesions among its 11 classes (as RadImageNet's
+    # CT abdomen labels hold liver findings); the downstream task is a new cohort. Measured on 2 CPU
+    # cores (64 px, 2 fine-tuning epochs, ~70 test images): pretrained 0.979 +- 0.009 vs scratch
+    # 0.744 +- 0.058, paired t and DeLong p < 0.001. Asserted with margin: a gap of at least 0.10
+    # AUC, significant by both tests.
+    assert delta >= 0.10, out
+    assert pm[f"{scratch}/p_ttest"] < 0.05 and pm[f"{scratch}/p_delong"] < 0.05, out
+
+
+def test_bad_inputs_fail_before_any_run(data, tmp_path, monkeypatch, capsys):
+    from radimagenet.cli import main
+    from radimagenet.errors import ConfigError
+    from radimagenet.io.tracking import TrackingError
+    from radimagenet.tasks.finetune import finetune
+
+    def fails(exc, match, **extra):
+        run_name = f"bad-{uuid.uuid4().hex[:6]}"
+        with pytest.raises(exc, match=match):
+            finetune(config(data, run_name, tmp_path, **extra), in_process=True)
+        assert runs_named(run_name) == []
+
+    fails(TrackingError, "no registered backbone named 'no-such-backbone'", backbone="no-such-backbone@champion")
+    fails(ConfigError, "needs lesion masks", task="segmentation", **{"data.manifest": data["pretrain"]})
+    fails(ConfigError, "eval.metrics=binary needs exactly 2 classes",
+          **{"data.manifest": data["pretrain"], "eval.metrics": "binary"})
+
+    one_class = f"s3://radimagenet/tests/finetune/one-{uuid.uuid4().hex[:6]}"
+    helpers_shards.write_test_dataset(one_class, {"train": 64, "val": 16, "test": 16}, 32, image_size=SIZE,
+                                      num_classes=1)
+    fails(ConfigError, "at least 2 classes", **{"data.manifest": one_class})
+
+    small = f"s3://radimagenet/tests/finetune/badmask-{uuid.uuid4().hex[:6]}"
+    monkeypatch.setattr(helpers_shards, "default_mask", lambda image: np.zeros((16, 16), np.uint8))
+    helpers_shards.write_test_dataset(small, {"train": 64, "val": 16, "test": 16}, 32, image_size=SIZE,
+                                      num_classes=2, masks=True)
+    fails(ConfigError, r"mask of size \(16, 16\) but its image is \(64, 64\)", task="segmentation",
+          **{"data.manifest": small})
+
+    # the CLI prints one line, no traceback
+    assert main(["finetune", *overrides(data, "bad-cli", tmp_path, backbone="no-such-backbone")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no registered backbone" in err[0], err

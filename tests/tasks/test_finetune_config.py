@@ -1,0 +1,199 @@
+"""Fine-tuning config, task checks, model building, freezing and the comparison plumbing (no stack)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from radimagenet.config import from_dict, load_config, to_dict
+from radimagenet.errors import ConfigError
+from radimagenet.tasks.finetune import (
+    FinetuneConfig,
+    SplitOutput,
+    TaskSpec,
+    apply_freeze,
+    build_classifier,
+    build_model,
+    check_task,
+    imagenet_weights_file,
+    macro_sensitivity_specificity,
+    positive_index,
+    read_predictions,
+    resolve,
+    set_train_mode,
+    validate,
+    write_predictions,
+)
+
+PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"
+
+
+def manifest(classes=("CT/abd/liver_lesion", "CT/abd/normal"), masks=True, test_classes=None) -> dict:
+    counts = {c: 10 for c in classes}
+    split = {"samples": 10 * len(classes), "classes": counts,
+             "shards": [{"url": "s3://b/x.tar", "samples": 10 * len(classes)}]}
+    test = dict(split, classes=test_classes if test_classes is not None else counts)
+    return {"uri": "s3://b/ds", "classes": list(classes), "image_size": 64, "has_masks": masks, "digest": "sha256:x",
+            "splits": {"train": split, "val": split, "test": test}}
+
+
+def cfg(*overrides: str) -> FinetuneConfig:
+    return load_config(FinetuneConfig, None, ["data.manifest=s3://b/ds", "backbone=bb@champion", *overrides])
+
+
+def test_defaults_follow_the_paper():
+    c = FinetuneConfig()
+    assert (c.train.optimizer, c.train.lr, c.model.drop_rate, c.train.freeze) == ("adam", 1e-4, 0.5, "none")
+    assert c.task == "classification" and c.init == "backbone" and c.data.image_size is None
+    assert from_dict(FinetuneConfig, to_dict(c)) == c
+
+
+@pytest.mark.parametrize("name", ["finetune-classification", "finetune-segmentation", "demo-finetune"])
+def test_presets_load(name):
+    c = validate(load_config(FinetuneConfig, PIPELINES / f"{name}.yaml"))
+    assert c.backbone and c.train.lr > 0
+    if name == "demo-finetune":
+        assert c.scaling.use_gpu is False and c.model.arch == "resnet10t"
+
+
+def test_grid_overrides_and_resolve():
+    c = resolve(cfg("train.freeze=top10", "train.lr=1e-3"), manifest())
+    assert c.train.freeze == "top10" and c.train.lr == pytest.approx(1e-3)
+    assert c.data.manifest == "s3://b/ds/manifest.json" and c.data.image_size == 64
+    assert c.tracking.run_name.startswith("finetune-classification-bb-champion-")
+    assert resolve(cfg("data.image_size=256"), manifest()).data.image_size == 256
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["backbone="], "backbone is required"),
+    (["init=scratch"], "exclude each other"),
+    (["train.lr=0"], "train.lr must be > 0"),
+    (["model.drop_rate=1.0"], "drop_rate"),
+    (["eval.threshold_rule=median"], "threshold_rule"),
+    (["data.mean=[0.1, 0.2]"], "data.mean"),
+    (["tracking.run_name=bad name"], "run_name"),
+])
+def test_invalid_configs_are_clear_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg(*overrides))
+
+
+def test_unknown_keys_and_bad_choices():
+    with pytest.raises(ConfigError, match="unknown key"):
+        cfg("train.frezee=all")
+    with pytest.raises(ConfigError, match="not one of"):
+        cfg("train.freeze=half")
+    validate(cfg("backbone=", "init=scratch", "model.arch=resnet18"))
+
+
+def test_task_checks():
+    spec = check_task(cfg(), manifest())
+    assert spec == TaskSpec("classification", "binary", ("CT/abd/liver_lesion", "CT/abd/normal"), 0)
+    assert check_task(cfg(), manifest(("a", "b", "c"))).mode == "multiclass"
+    assert check_task(cfg("task=segmentation"), manifest()).mode == "segmentation"
+    with pytest.raises(ConfigError, match="needs lesion masks"):
+        check_task(cfg("task=segmentation"), manifest(masks=False))
+    with pytest.raises(ConfigError, match="exactly 2 classes"):
+        check_task(cfg("eval.metrics=binary"), manifest(("a", "b", "c")))
+    with pytest.raises(ConfigError, match="at least 2 classes"):
+        check_task(cfg(), manifest(("CT/only",)))
+    with pytest.raises(ConfigError, match="test split .* holds only"):
+        check_task(cfg(), manifest(test_classes={"CT/abd/normal": 5, "CT/abd/liver_lesion": 0}))
+    m = manifest()
+    m["splits"]["test"] = {"samples": 0, "classes": {}, "shards": []}
+    with pytest.raises(ConfigError, match="train, val and test"):
+        check_task(cfg(), m)
+
+
+def test_positive_class():
+    assert positive_index(["CT/abd/liver_lesion", "CT/abd/normal"]) == 0
+    assert positive_index(["normal", "pneumonia"]) == 1
+    assert positive_index(["benign", "malignant"]) == 1
+    assert positive_index(["benign", "malignant"], "benign") == 0
+    with pytest.raises(ConfigError, match="not a class"):
+        positive_index(["a", "b"], "c")
+
+
+def test_scratch_classifier_and_freezing():
+    c = resolve(cfg("backbone=", "init=scratch", "model.arch=resnet10t"), manifest())
+    model, record = build_classifier(c, manifest(), 2)
+    assert model.get_classifier().out_features == 2 and model.drop_rate == 0.5
+    assert record.input_size == (3, 64, 64) and model.radimagenet_cfg is record
+    total = sum(p.numel() for p in model.parameters())
+    head = sum(p.numel() for p in model.get_classifier().parameters())
+    assert apply_freeze(model, "none")["trainable"] == total
+    assert apply_freeze(model, "all")["trainable"] == head
+    top10 = apply_freeze(model, "top10")["trainable"]
+    assert head < top10 < total
+    set_train_mode(model)
+    import torch
+
+    frozen_bn = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) and not m.weight.requires_grad]
+    assert frozen_bn and all(not m.training for m in frozen_bn) and model.get_classifier().training
+
+
+def test_segmentation_model_from_scratch():
+    import torch
+
+    c = resolve(cfg("backbone=", "init=scratch", "model.arch=resnet10t", "task=segmentation"), manifest())
+    unet, record = build_model(c, manifest(), check_task(c, manifest()))
+    assert unet(torch.zeros(1, 3, 64, 64)).shape == (1, 1, 64, 64)
+    counts = apply_freeze(unet, "all")
+    assert counts["trainable"] == sum(p.numel() for p in list(unet.decoder.parameters())
+                                      + list(unet.segmentation_head.parameters()))
+
+
+def test_imagenet_weights_come_from_a_local_file_only(tmp_path, monkeypatch):
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(ConfigError, match="never downloaded"):
+        imagenet_weights_file("resnet10t")
+    with pytest.raises(ConfigError, match="does not exist"):
+        imagenet_weights_file("resnet10t", str(tmp_path / "missing.safetensors"))
+    torch.manual_seed(1)
+    source = timm.create_model("resnet10t", num_classes=1000)
+    path = tmp_path / "resnet10t.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    c = resolve(cfg("backbone=", "init=imagenet", "model.arch=resnet10t", f"model.weights_file={path}"), manifest())
+    model, record = build_classifier(c, manifest(), 2)
+    assert torch.equal(model.conv1[0].weight, source.conv1[0].weight)
+    assert model.get_classifier().out_features == 2
+    assert record.mean == pytest.approx((0.485, 0.456, 0.406))
+
+
+def test_macro_sensitivity_specificity():
+    cm = np.array([[8, 2, 0], [1, 9, 0], [0, 0, 0]])  # class 2 absent
+    out = macro_sensitivity_specificity(cm)
+    assert out["test_sensitivity"] == pytest.approx((0.8 + 0.9) / 2)
+    assert out["test_specificity"] == pytest.approx((9 / 10 + 8 / 10) / 2)
+
+
+def test_predictions_round_trip(tmp_path):
+    out = SplitOutput(["a", "b"], np.array([0, 1]), np.array([[0.25, 0.75], [0.1, 0.9]]), 0.5, {})
+    spec = TaskSpec("classification", "binary", ("x", "y"), 1)
+    path = tmp_path / "p.csv"
+    write_predictions(out, spec, str(path))
+    keys, labels, probs = read_predictions(path.read_text())
+    assert keys == ["a", "b"] and labels.tolist() == [0, 1] and np.array_equal(probs, out.outputs)
+
+
+def test_compare_initialisations():
+    from radimagenet.tasks.compare import child_configs, init_overrides, seed_list
+
+    assert init_overrides("scratch") == ["init=scratch", "backbone="]
+    assert init_overrides("radimagenet-resnet50@champion") == ["init=backbone", "backbone=radimagenet-resnet50@champion"]
+    with pytest.raises(ValueError, match="bad backbone reference"):
+        init_overrides("a@")
+    with pytest.raises(ConfigError, match="seeds"):
+        seed_list(0)
+    configs = child_configs(["bb@champion", "scratch"], "s3://b/ds", [0, 1], None, ["model.arch=resnet10t"], "cmp")
+    assert [c.train.seed for c in configs["scratch"]] == [0, 1]
+    assert configs["scratch"][1].tracking.run_name == "cmp-scratch-s1" and configs["scratch"][0].init == "scratch"
+    assert configs["bb@champion"][0].backbone == "bb@champion"
+    with pytest.raises(ConfigError, match="at least 2 distinct"):
+        child_configs(["scratch", "scratch"], "s3://b/ds", [0], None, [], "cmp")

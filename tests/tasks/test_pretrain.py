@@ -1,0 +1,246 @@
+"""Pretraining against the local stack: Ray Train on 2 CPU workers, MLflow run + registry, S3 checkpoints.
+
+A small learnable dataset (class-dependent stripes/disc/flat, 32 px) is written straight into shards;
+a tiny timm ResNet must learn it well above chance. Faults: a worker SIGKILLed mid-epoch (the run
+finishes from the last checkpoint, one MLflow run), a driver stopped and resubmitted (resumes), too
+few shards for the readers, unreachable S3 or MLflow (clear errors, nothing written).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from helpers_shards import ensure_bucket, write_test_dataset  # noqa: E402
+from radimagenet.io import storage
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ARCH = "resnet10t"
+NUM_CLASSES = 4
+
+
+def learnable_image(split: str, index: int, size: int) -> np.ndarray:
+    """Class ``index % 4``: horizontal stripes, vertical stripes, a bright disc, flat grey; plus noise.
+    Each survives random crops and horizontal flips, so the classes are learnable in a few epochs."""
+    rng = np.random.default_rng([sum(map(ord, split)), index, 7])
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    period, phase = rng.uniform(size / 6, size / 4), rng.uniform(0, 2 * np.pi)
+    c = index % NUM_CLASSES
+    if c == 0:
+        img = 0.5 + 0.4 * np.sin(2 * np.pi * yy / period + phase)
+    elif c == 1:
+        img = 0.5 + 0.4 * np.sin(2 * np.pi * xx / period + phase)
+    elif c == 2:
+        cy, cx = rng.uniform(0.4, 0.6, 2) * size
+        img = np.where((yy - cy) ** 2 + (xx - cx) ** 2 < (0.3 * size) ** 2, 0.9, 0.1)
+    else:
+        img = np.full((size, size), rng.uniform(0.3, 0.6), np.float32)
+    img = img + rng.normal(0, 0.08, (size, size))
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+def write_dataset(name: str, train: int = 384, val: int = 128, shard: int = 64) -> str:
+    prefix = f"s3://radimagenet/tests/pretrain/{name}-{uuid.uuid4().hex[:6]}"
+    ensure_bucket(prefix)
+    write_test_dataset(prefix, {"train": train, "val": val}, shard_samples=shard, image_size=32,
+                       num_classes=NUM_CLASSES, image_fn=learnable_image)
+    return f"{prefix}/manifest.json"
+
+
+@pytest.fixture(scope="module")
+def manifest_uri(stack_env) -> str:
+    return write_dataset("learnable")
+
+
+def overrides(manifest: str, run_name: str, **extra) -> list[str]:
+    base = {
+        "data.manifest": manifest, "model.arch": ARCH, "data.num_workers": 1, "data.shuffle_buffer": 128,
+        "train.epochs": 3, "train.batch_size": 32, "train.lr": 0.003, "train.optimizer": "adamw",
+        "train.weight_decay": 0.01, "train.warmup_epochs": 0.5, "train.label_smoothing": 0.0,
+        "train.log_every": 2, "scaling.num_workers": 2, "tracking.experiment": "test-pretrain",
+        "tracking.run_name": run_name, "registry.name": f"test-{run_name}",
+        "checkpoint.storage_path": "s3://radimagenet/test-checkpoints",
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def config(manifest: str, run_name: str, **extra):
+    from radimagenet.config import load_config
+    from radimagenet.train.config import PretrainConfig
+
+    return load_config(PretrainConfig, None, overrides(manifest, run_name, **extra))
+
+
+def runs_named(run_name: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient()
+    exp = c.get_experiment_by_name("test-pretrain")
+    if exp is None:
+        return []
+    return c.search_runs([exp.experiment_id], filter_string=f"tags.`radimagenet.run_name` = '{run_name}'")
+
+
+def metric_history(run_id: str, key: str) -> list[float]:
+    from mlflow.tracking import MlflowClient
+
+    return [m.value for m in MlflowClient().get_metric_history(run_id, key)]
+
+
+def test_two_workers_learn_survive_a_killed_worker_and_register(manifest_uri, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from radimagenet.models import registry as backbones
+    from radimagenet.train.launch import pretrain
+
+    run_name = f"kill-{uuid.uuid4().hex[:6]}"
+    marker = tmp_path / "killed"
+    # rank 1, epoch 2 (0-based, the last), batch 2: Ray Train registers a reported checkpoint
+    # asynchronously, so the kill comes a whole epoch after the first checkpoint to resume from
+    monkeypatch.setenv("RADIMAGENET_FAULT_KILL", "1:2:2")
+    monkeypatch.setenv("RADIMAGENET_FAULT_MARKER", str(marker))
+    result = pretrain(config(manifest_uri, run_name))
+
+    assert marker.exists(), "the fault hook did not fire"
+    assert result.metrics["val/top1"] > 0.6, result.metrics  # chance is 0.25
+    assert result.metrics["val/auc_macro"] > 0.8, result.metrics
+    assert result.metrics["epoch"] == 3
+    runs = runs_named(run_name)
+    assert [r.info.run_id for r in runs] == [result.run_id]
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    resumed = metric_history(result.run_id, "train/resumed_from_epoch")
+    assert resumed in ([1.0], [2.0]), resumed  # restarted from a checkpoint, not from scratch
+    assert {"val/acc_CT", "val/acc_MR", "val/top5", "train/images_per_s"} <= set(run.data.metrics)
+    assert run.data.params["model.arch"] == ARCH and run.data.params["train.epochs"] == "3"
+    assert run.data.tags["radimagenet.dataset_digest"].startswith("sha256:")
+    assert run.inputs.dataset_inputs, "dataset not logged as an input"
+    assert "config/pretrain.yaml" in [a.path for a in MlflowClient().list_artifacts(result.run_id, "config")]
+
+    # registry: version with alias candidate, everything needed to use it
+    assert result.version == "1"
+    mv = MlflowClient().get_model_version_by_alias(result.registry_name, "candidate")
+    assert mv.version == "1" and mv.tags["arch"] == ARCH and mv.tags["input_size"] == "3x32x32"
+    assert float(mv.tags["val/top1"]) > 0.6
+    import glob
+    import tempfile
+
+    downloads = set(glob.glob(os.path.join(tempfile.gettempdir(), "radimagenet-backbone-*")))
+    model, record = backbones.load(f"{result.registry_name}@candidate", num_classes=2)
+    # the downloaded files are gone once the weights are in memory (each load used to leave a copy in /tmp)
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "radimagenet-backbone-*"))) == downloads
+    assert record.arch == ARCH and record.num_classes == NUM_CLASSES and len(record.classes) == NUM_CLASSES
+    assert record.dataset_digest == run.data.tags["radimagenet.dataset_digest"]
+    assert record.metrics["val/top1"] == pytest.approx(result.metrics["val/top1"])
+    import torch
+
+    out = model(torch.zeros(2, 3, 32, 32))
+    assert out.shape == (2, 2)
+    out.sum().backward()  # trainable
+    assert model.radimagenet_cfg is record
+    # pretrained weights really loaded: the kept head reproduces the registered val accuracy ballpark
+    full, _ = backbones.load(f"{result.registry_name}/1")
+    assert full.get_classifier().out_features == NUM_CLASSES
+
+    # promote, list
+    from radimagenet.cli import main
+
+    assert main(["registry", "promote", result.registry_name, "1", "--alias", "champion"]) == 0
+    model2, _ = backbones.load(f"{result.registry_name}@champion", num_classes=3)
+    assert model2.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+    rows = backbones.list(result.registry_name)
+    assert rows[0]["aliases"] == ["candidate", "champion"] and rows[0]["arch"] == ARCH
+
+    # re-running the finished job changes nothing: same run, no new version
+    again = pretrain(config(manifest_uri, run_name))
+    assert again.resumed and again.run_id == result.run_id and again.version == "1"
+    assert len(runs_named(run_name)) == 1
+
+
+def test_stop_and_resubmit_resumes(manifest_uri, tmp_path):
+    from radimagenet.train.launch import pretrain
+
+    run_name = f"stop-{uuid.uuid4().hex[:6]}"
+    # Ray Train lists reported checkpoints in this snapshot: a resubmission resumes from what it holds
+    snapshot = f"s3://radimagenet/test-checkpoints/{run_name}/checkpoint_manager_snapshot.json"
+    cmd = [sys.executable, "-m", "radimagenet", "pretrain",
+           *overrides(manifest_uri, run_name, **{"train.epochs": 4, "scaling.num_workers": 1})]
+    proc = subprocess.Popen(cmd, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if storage.exists(snapshot):
+                break
+            time.sleep(1)
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        assert storage.exists(snapshot), "no first checkpoint within the deadline"
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C of the submitting terminal
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    first = runs_named(run_name)
+    assert len(first) == 1 and first[0].info.status in ("KILLED", "FAILED", "RUNNING")
+
+    result = pretrain(config(manifest_uri, run_name, **{"train.epochs": 4, "scaling.num_workers": 1}))
+    assert result.resumed and result.run_id == first[0].info.run_id
+    assert result.metrics["epoch"] == 4
+    resumed = metric_history(result.run_id, "train/resumed_from_epoch")
+    assert resumed and 1 <= resumed[-1] < 4
+    assert len(runs_named(run_name)) == 1
+
+
+def test_too_few_shards_is_a_clear_error_before_training(stack_env):
+    from radimagenet.errors import ConfigError
+    from radimagenet.train.launch import pretrain
+
+    manifest = write_dataset("fewshards", train=128, val=64, shard=64)  # 2 train shards
+    run_name = f"few-{uuid.uuid4().hex[:6]}"
+    with pytest.raises(ConfigError, match="2 train shard"):
+        pretrain(config(manifest, run_name, **{"scaling.num_workers": 2, "data.num_workers": 2}))
+    assert runs_named(run_name) == []
+
+
+def test_unreachable_s3_or_mlflow_fails_fast_and_writes_nothing(manifest_uri, monkeypatch):
+    from radimagenet.errors import StorageError
+    from radimagenet.io.tracking import TrackingError
+    from radimagenet.train.launch import pretrain
+
+    run_name = f"down-{uuid.uuid4().hex[:6]}"
+    with monkeypatch.context() as m:
+        m.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+        t0 = time.time()
+        with pytest.raises(TrackingError, match="cannot reach MLflow"):
+            pretrain(config(manifest_uri, run_name))
+        assert time.time() - t0 < 30
+    assert storage.list_keys(f"s3://radimagenet/test-checkpoints/{run_name}") == []
+    assert runs_named(run_name) == []
+
+    with monkeypatch.context() as m:
+        m.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        with pytest.raises(StorageError, match="cannot reach S3"):
+            pretrain(config(manifest_uri, run_name))
+    assert runs_named(run_name) == []
+
+
+def test_in_process_run_for_notebooks(manifest_uri, tmp_path):
+    from radimagenet.train.launch import pretrain
+
+    run_name = f"inproc-{uuid.uuid4().hex[:6]}"
+    result = pretrain(config(manifest_uri, run_name, **{
+        "train.epochs": 1, "scaling.num_workers": 1, "checkpoint.storage_path": str(tmp_path / "ckpt"),
+        "registry.register": False}), in_process=True)
+    assert result.metrics["epoch"] == 1 and result.version is None
+    assert (tmp_path / "ckpt" / run_name / "checkpoint_epoch-000000" / "model.safetensors").is_file()
+    assert len(runs_named(run_name)) == 1
