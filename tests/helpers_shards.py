@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 import numpy as np
 from PIL import Image
 
+from radimagenet.dataset.format import FORMAT, manifest_uri, shard_name
 from radimagenet.io import storage
 
-FORMAT = "radimagenet-dataset/1"
 ImageFn = Callable[[str, int, int], np.ndarray]
 
 
@@ -98,7 +98,7 @@ def write_test_dataset(
             raise ValueError(f"shard sizes {sizes} do not add up to {total} for {split}")
         shards, counts, index = [], {c: 0 for c in classes}, 0
         for n, size in enumerate(sizes):
-            url = f"{prefix}/{split}-{n:06d}.tar"
+            url = f"{prefix}/{shard_name(split, n)}"
             buf = io.BytesIO()
             with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
                 for _ in range(size):
@@ -132,7 +132,7 @@ def write_test_dataset(
         "digest": f"sha256:{digest}", "ingest": {"writer": "tests/helpers_shards.py"},
         "versions": {"radimagenet": "0.1.0", "numpy": np.__version__},
     }
-    storage.write_json(f"{prefix}/manifest.json", manifest)
+    storage.write_json(manifest_uri(prefix), manifest)
     return manifest
 
 

@@ -10,9 +10,9 @@ import uuid
 
 import pytest
 
+from radimagenet.dataset.format import Sample
 from radimagenet.dataset.writer import ShardRecord, ShardWriter
 from radimagenet.errors import StorageError
-from radimagenet.ingest.process import Sample
 from radimagenet.io import storage
 
 pytestmark = pytest.mark.integration

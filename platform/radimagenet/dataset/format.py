@@ -1,0 +1,173 @@
+"""The dataset format, defined once: manifest, shard names, sample members and the key rule.
+
+A dataset is ``<split>-NNNNNN.tar`` WebDataset shards plus ``manifest.json`` under one S3 prefix
+(docs/design.md). Each sample is the tar members sharing a *key*: the member path up to the first
+dot of its basename; the rest of the name is the member's *extension* (``npy``/``png`` image,
+``cls`` label, ``json`` metadata, ``mask.png`` optional mask), as WebDataset reads them.
+
+Everything here is plain data and functions (no tar parsing: see :mod:`radimagenet.dataset.tar`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from radimagenet.errors import ConfigError
+from radimagenet.io import storage
+
+FORMAT = "radimagenet-dataset/1"  # manifest["format"]; readers refuse anything else
+ENCODINGS = ("npy", "png")  # image member extensions (manifest["encoding"])
+SPLITS = ("train", "val", "test")  # the splits an ingest writes, in manifest order
+LABEL_EXT = "cls"  # label id as ASCII decimal
+META_EXT = "json"  # non-identifying metadata
+MASK_EXT = "mask.png"  # optional 0/1 mask, same size as the image
+MANIFEST_NAME = "manifest.json"
+
+
+# --------------------------------------------------------------------------------------------------
+# Names
+# --------------------------------------------------------------------------------------------------
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """``(key, ext)`` of a tar member: the path up to the first dot of its basename, and the rest.
+
+    ``"a.b/c0ffee.mask.png"`` -> ``("a.b/c0ffee", "mask.png")``; a name whose basename has no dot
+    gives ``(name, "")`` (not a sample member). This is the one key rule of reader and verifier.
+    """
+    dot = name.find(".", name.rfind("/") + 1)
+    return (name, "") if dot < 0 else (name[:dot], name[dot + 1 :])
+
+
+def member_name(key: str, ext: str) -> str:
+    """The tar member name of ``key``'s ``ext`` member (inverse of :func:`split_member_name`)."""
+    return f"{key}.{ext}"
+
+
+def check_key(key: str) -> str:
+    """``key`` unchanged if the key rule gives it back from its member names, else a ConfigError."""
+    base = key[key.rfind("/") + 1 :]
+    if not base or "." in base:
+        raise ConfigError(f"sample key {key!r} is not usable: its basename must be non-empty and hold no dot")
+    return key
+
+
+def shard_name(split: str, index: int) -> str:
+    """``train-000012.tar``: the object name of shard ``index`` of ``split``."""
+    return f"{split}-{index:06d}.tar"
+
+
+def manifest_uri(uri: str) -> str:
+    """The manifest's URI from the dataset prefix or the manifest itself (``.../manifest.json``)."""
+    uri = uri.rstrip("/")
+    return uri if uri.endswith(".json") else f"{uri}/{MANIFEST_NAME}"
+
+
+def modality_of(class_name: str) -> str:
+    """``"CT/lung/nodule"`` -> ``"CT"`` (the modality is the first path component of a label)."""
+    return class_name.split("/", 1)[0] if "/" in class_name else class_name
+
+
+# --------------------------------------------------------------------------------------------------
+# Samples and shards
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    """One sample as the ingest writes it (unless it is a duplicate of an earlier one)."""
+
+    index: int  # input row index
+    source: str  # input path, relative to the ingest source
+    key: str
+    split: str
+    patient: str  # pseudonym
+    label_id: int
+    image: bytes  # encoded image member (manifest encoding)
+    meta: bytes  # json member
+    mask: bytes | None = None  # mask.png member
+
+
+@dataclass(frozen=True)
+class ShardRef:
+    """One tar shard of a split: where it is and how many samples the manifest says it holds."""
+
+    url: str
+    samples: int
+
+
+def split_shards(manifest: dict, split: str) -> list[ShardRef]:
+    """The shards of ``split`` in manifest order; a clear error names the splits that exist."""
+    splits = manifest.get("splits", {})
+    if split not in splits:
+        raise ConfigError(f"dataset has no {split!r} split; it has {sorted(splits)}")
+    return [ShardRef(s["url"], int(s["samples"])) for s in splits[split]["shards"]]
+
+
+def class_counts(manifest: dict, split: str) -> list[int]:
+    """Samples per class id in ``split`` (from the manifest; for loss weighting or sampling)."""
+    per_name = manifest["splits"][split].get("classes", {})
+    return [int(per_name.get(name, 0)) for name in manifest["classes"]]
+
+
+# --------------------------------------------------------------------------------------------------
+# Manifest
+# --------------------------------------------------------------------------------------------------
+
+
+def validate_manifest(manifest: Any, where: str = "manifest") -> dict:
+    """Check the fields readers rely on (docs/design.md); return the manifest unchanged."""
+    if not isinstance(manifest, dict):
+        raise ConfigError(f"{where} is not a JSON object")
+    if manifest.get("format") != FORMAT:
+        raise ConfigError(f"{where} has format {manifest.get('format')!r}; this version reads {FORMAT!r}")
+    missing = [k for k in ("classes", "image_size", "encoding", "splits") if k not in manifest]
+    if missing:
+        raise ConfigError(f"{where} is incomplete: missing {missing}")
+    if not isinstance(manifest["classes"], list) or not manifest["classes"]:
+        raise ConfigError(f"{where}: 'classes' must be a non-empty list")
+    if not isinstance(manifest["image_size"], int) or manifest["image_size"] < 1:
+        raise ConfigError(f"{where}: 'image_size' must be a positive integer")
+    if manifest["encoding"] not in ENCODINGS:
+        raise ConfigError(f"{where}: encoding {manifest['encoding']!r} is not one of {list(ENCODINGS)}")
+    splits = manifest["splits"]
+    if not isinstance(splits, dict) or not splits:
+        raise ConfigError(f"{where}: 'splits' must be a non-empty mapping")
+    for name, split in splits.items():
+        shards = split.get("shards") if isinstance(split, dict) else None
+        if not isinstance(shards, list):
+            raise ConfigError(f"{where}: split {name!r} has no 'shards' list")
+        for i, shard in enumerate(shards):
+            if not isinstance(shard, dict) or not isinstance(shard.get("url"), str) \
+                    or not isinstance(shard.get("samples"), int) or shard["samples"] < 0:
+                raise ConfigError(f"{where}: split {name!r} shard {i} needs a 'url' and a 'samples' count")
+        counted = sum(s["samples"] for s in shards)
+        if split.get("samples", counted) != counted:
+            raise ConfigError(
+                f"{where}: split {name!r} says {split['samples']} samples but its shards hold {counted}"
+            )
+    return manifest
+
+
+def load_manifest(uri: str) -> dict:
+    """Read and validate ``s3://.../manifest.json`` (``uri`` may also be the dataset prefix).
+
+    A missing manifest is a :class:`ConfigError` that says whether the prefix holds an unfinished
+    ingest (shards or ``_journal/`` without a manifest) or nothing at all.
+    """
+    target = manifest_uri(uri)
+    if not storage.exists(target):
+        prefix = target.rsplit("/", 1)[0]
+        if storage.list_keys(prefix):
+            raise ConfigError(
+                f"dataset at {prefix} is incomplete: no manifest.json (the ingest did not finish; "
+                f"run `radimagenet ingest` again to resume it)"
+            )
+        raise ConfigError(f"no dataset at {prefix}: {target} does not exist")
+    try:
+        manifest = storage.read_json(target)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{target} is not valid JSON: {exc}") from exc
+    return validate_manifest(manifest, target)
