@@ -38,6 +38,9 @@ sys.path.insert(0, str(ROOT / "tests"))  # the shard writer shared with the test
 
 from helpers_shards import ensure_bucket, write_test_dataset  # noqa: E402
 from radimagenet.data import loader as data  # noqa: E402
+from radimagenet.dataset.format import ENCODINGS, load_manifest, manifest_uri, split_shards  # noqa: E402
+from radimagenet.dataset.reader import read_shard  # noqa: E402
+from radimagenet.dataset.tar import group_samples, iter_tar  # noqa: E402
 from radimagenet.io import storage  # noqa: E402
 
 SIZE = 224
@@ -80,10 +83,10 @@ def synthetic_image(split: str, index: int, size: int) -> np.ndarray:
 def datasets(n: int) -> dict[str, dict]:
     """The benchmark datasets (written once per size, then reused)."""
     out = {}
-    for encoding in data.ENCODINGS:
+    for encoding in ENCODINGS:
         uri = f"s3://radimagenet/benchmarks/loader-v1-{n}-{SIZE}/{encoding}"
-        if storage.exists(uri + "/manifest.json"):
-            out[encoding] = data.load_manifest(uri)
+        if storage.exists(manifest_uri(uri)):
+            out[encoding] = load_manifest(uri)
             continue
         ensure_bucket(uri)
         t = time.perf_counter()
@@ -112,14 +115,14 @@ def report(name: str, result: tuple[int, float, float]) -> float:
 
 
 def parse_from_s3(manifest: dict) -> int:
-    return sum(1 for s in data.split_shards(manifest, "train") for _ in data.read_shard(s.url))
+    return sum(1 for s in split_shards(manifest, "train") for _ in read_shard(s.url))
 
 
 def parse_from_memory(blobs: list[bytes], how: str) -> int:
     n = 0
     for blob in blobs:
         if how == "radimagenet":
-            n += sum(1 for _ in data.group_samples(data.iter_tar(io.BytesIO(blob))))
+            n += sum(1 for _ in group_samples(iter_tar(io.BytesIO(blob))))
         elif how == "tarfile":
             with tarfile.open(fileobj=io.BytesIO(blob), mode="r|") as tar:
                 keys = set()
@@ -138,9 +141,9 @@ def pipeline(manifest: dict, train: bool = True) -> int:
     loader = data.make_loader(manifest, "train", batch_size=BATCH, num_workers=0, train=train,
                               image_size=SIZE, channels=3)
     n = 0
-    for images, labels in loader:
-        assert images.shape[1:] == (3, SIZE, SIZE)
-        n += len(labels)
+    for batch in loader:
+        assert batch.images.shape[1:] == (3, SIZE, SIZE)
+        n += len(batch.labels)
     return n
 
 
@@ -213,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print("(a) tar parsing alone")
     limit = report("streamed from S3 (npy shards)", measure(lambda: parse_from_s3(manifests["npy"]), 2))
-    blobs = [storage.read_bytes(s.url) for s in data.split_shards(manifests["npy"], "train")]
+    blobs = [storage.read_bytes(s.url) for s in split_shards(manifests["npy"], "train")]
     mem = {how: report(f"from memory: {how}", measure(lambda h=how: parse_from_memory(blobs, h), 2))
            for how in ("radimagenet", "tarfile", "webdataset")}
     print(f"  radimagenet parser vs tarfile r|: {mem['radimagenet'] / mem['tarfile']:.1f}x, "

@@ -91,8 +91,9 @@ def bench_arch(arch: str, args, device, gpu: bool, manifest=None) -> dict:
 
         def real():
             for epoch in itertools.count():
-                yield from data.make_loader(manifest, "train", batch_size=bs, epoch=epoch,
-                                            num_workers=args.loader_workers, image_size=size, channels=3)
+                for batch in data.make_loader(manifest, "train", batch_size=bs, epoch=epoch,
+                                              num_workers=args.loader_workers, image_size=size, channels=3):
+                    yield batch.images, batch.labels
 
         out["real_loader"] = timed(step, real(), args.warmup, args.steps, device)
         out["real_over_synthetic"] = out["real_loader"] / out["synthetic"]
@@ -129,9 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     args.warmup = args.warmup if args.warmup is not None else (15 if gpu else 1)
     manifest = None
     if args.manifest:
-        from radimagenet.data import loader as data
+        from radimagenet.dataset.format import load_manifest
 
-        manifest = data.load_manifest(args.manifest)
+        manifest = load_manifest(args.manifest)
     name = torch.cuda.get_device_name() if gpu else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
     mode = "bf16 autocast + channels_last" if gpu else "fp32"
     print(f"device: {name}; {mode}; batch {args.batch_size}; {args.image_size} px; {args.steps} timed steps")

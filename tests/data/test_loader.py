@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,8 +11,11 @@ import torch
 
 from helpers_shards import ensure_bucket, write_test_dataset  # noqa: E402
 from radimagenet.data import loader as data
+from radimagenet.data.plan import plan_train
+from radimagenet.data.transforms import preprocess
+from radimagenet.dataset.format import split_shards
+from radimagenet.dataset.reader import iterate_samples, sample_labels
 from radimagenet.errors import ConfigError
-from radimagenet.io import storage
 
 pytestmark = pytest.mark.integration
 
@@ -56,35 +60,11 @@ def _epoch(manifest: dict, split: str, **kw) -> tuple[int, list[list[str]], list
     loader = data.make_loader(manifest, split, with_meta=True, **kw)
     keys, images = [], []
     for batch in loader:
-        images.append(batch[0])
-        keys.append([m["key"] for m in batch[-1]])
+        assert isinstance(batch, data.Batch) and batch.masks is None
+        assert [m["key"] for m in batch.meta] == batch.keys and len(batch) == len(batch.labels)
+        images.append(batch.images)
+        keys.append(batch.keys)
     return len(loader), keys, images
-
-
-# ---------------------------------------------------------------------------------------------
-# manifest
-
-
-def test_load_manifest_valid_missing_incomplete(uneven: dict) -> None:
-    loaded = data.load_manifest(uneven["uri"])
-    assert loaded["splits"]["train"]["samples"] == 44
-    assert data.load_manifest(uneven["uri"] + "/manifest.json") == loaded
-
-    with pytest.raises(ConfigError, match="no dataset at"):
-        data.load_manifest(_prefix("nothing-here"))
-
-    partial = _prefix("partial")
-    storage.write_bytes(partial + "/train-000000.tar", b"\0" * 1024)
-    with pytest.raises(ConfigError, match="incomplete: no manifest.json"):
-        data.load_manifest(partial)
-
-    storage.write_json(partial + "/manifest.json", {**loaded, "format": "something-else/9"})
-    with pytest.raises(ConfigError, match="format"):
-        data.load_manifest(partial)
-    broken = {**loaded, "splits": {"train": {"samples": 5, "shards": [{"url": "s3://x/y.tar", "samples": 4}]}}}
-    storage.write_json(partial + "/manifest.json", broken)
-    with pytest.raises(ConfigError, match="says 5 samples but its shards hold 4"):
-        data.load_manifest(partial)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,7 +76,7 @@ def test_load_manifest_valid_missing_incomplete(uneven: dict) -> None:
 def test_train_equal_batches_per_rank_with_uneven_shards(uneven: dict, world_size: int, num_workers: int) -> None:
     batch_size = 4
     expected = 44 // world_size // batch_size
-    all_keys = {k for split in ["train"] for k in data.sample_labels(uneven, split)}
+    all_keys = {k for split in ["train"] for k in sample_labels(uneven, split)}
     for epoch in (0, 1):
         for rank in range(world_size):
             n, keys, images = _epoch(uneven, "train", batch_size=batch_size, rank=rank, world_size=world_size,
@@ -109,12 +89,12 @@ def test_train_equal_batches_per_rank_with_uneven_shards(uneven: dict, world_siz
 
 def test_train_rank_with_few_samples_cycles_its_shards(lopsided: dict) -> None:
     """Policy: a rank (worker) that runs out of samples reads its own shards again until its quota."""
-    shards, cycled = data.split_shards(lopsided, "train"), 0
+    shards, cycled = split_shards(lopsided, "train"), 0
     for rank in (0, 1):
         n, keys, _ = _epoch(lopsided, "train", batch_size=4, rank=rank, world_size=2, num_workers=0)
         flat = [k for b in keys for k in b]
         assert n == len(keys) == 35 // 2 // 4 and len(flat) == 16
-        plan = data.plan_train(shards, batch_size=4, rank=rank, world_size=2, num_workers=0, epoch=0, seed=0)
+        plan = plan_train(shards, batch_size=4, rank=rank, world_size=2, num_workers=0, epoch=0, seed=0)
         held = plan.workers[0].samples
         if held < 16:  # the rank without the big shard: all its samples, read again and again
             assert len(set(flat)) == held and held <= 5
@@ -136,18 +116,6 @@ def test_epoch_reshuffles_and_seed_reproduces(uneven: dict) -> None:
     assert other_seed != e0
 
 
-def test_shard_order_is_shared_by_ranks_and_split_before_ranks() -> None:
-    shards = [data.ShardRef(f"s3://b/train-{i:06d}.tar", n) for i, n in enumerate(UNEVEN_TRAIN)]
-    plans = [data.plan_train(shards, batch_size=4, rank=r, world_size=2, num_workers=2, epoch=3, seed=1)
-             for r in range(2)]
-    urls = [s.url for p in plans for w in p.workers for s in w.shards]
-    assert sorted(urls) == sorted(s.url for s in shards)  # a partition: every shard to exactly one worker
-    loads = [sum(w.samples for w in p.workers) for p in plans]
-    assert abs(loads[0] - loads[1]) <= max(UNEVEN_TRAIN)  # dealt to balance sample counts
-    assert plans[0].num_batches == plans[1].num_batches == 44 // 2 // 4
-    assert sum(w.batches for w in plans[0].workers) == plans[0].num_batches
-
-
 # ---------------------------------------------------------------------------------------------
 # evaluation: every sample once, fixed order
 
@@ -155,7 +123,7 @@ def test_shard_order_is_shared_by_ranks_and_split_before_ranks() -> None:
 @pytest.mark.parametrize("world_size", [1, 2, 3])
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_eval_counts_every_sample_exactly_once(uneven: dict, world_size: int, num_workers: int) -> None:
-    expected = set(data.sample_labels(uneven, "val"))
+    expected = set(sample_labels(uneven, "val"))
     seen: list[str] = []
     for rank in range(world_size):
         n, keys, _ = _epoch(uneven, "val", batch_size=2, rank=rank, world_size=world_size,
@@ -194,11 +162,13 @@ def test_too_few_shards_and_zero_batches_are_clear_errors(stack_env: dict[str, s
 
 def test_normalisation_shapes_and_labels(twins: tuple[dict, dict]) -> None:
     npy, _ = twins
-    raw = {s["key"]: s for s in data.iterate_samples(npy, "val")}
+    raw = {s["key"]: s for s in iterate_samples(npy, "val")}
     assert len(raw) == 10 and all(s["image"].dtype == np.uint8 and s["mask"] is not None for s in raw.values())
 
     loader = data.make_loader(npy, "val", batch_size=4, train=False, num_workers=0, with_meta=True)
-    images, labels, meta = next(iter(loader))
+    batch = next(iter(loader))
+    images, labels, meta = batch.images, batch.labels, batch.meta
+    assert batch.keys == [m["key"] for m in meta] and batch.masks is None
     assert images.dtype == torch.float32 and images.shape == (4, 3, 32, 32)
     assert labels.dtype == torch.int64 and labels.shape == (4,)
     for i, m in enumerate(meta):
@@ -210,18 +180,19 @@ def test_normalisation_shapes_and_labels(twins: tuple[dict, dict]) -> None:
     mean, std = (0.1, 0.2, 0.3), (0.5, 0.25, 0.125)
     loader = data.make_loader(npy, "val", batch_size=4, train=False, num_workers=0, with_meta=True,
                               mean=mean, std=std)
-    images, _, meta = next(iter(loader))
+    batch = next(iter(loader))
+    images, meta = batch.images, batch.meta
     img = torch.from_numpy(raw[meta[0]["key"]]["image"]).float() / 255
     for c in range(3):
         torch.testing.assert_close(images[0, c], (img - mean[c]) / std[c], atol=1e-5, rtol=0)
 
     one = data.make_loader(npy, "val", batch_size=4, train=False, num_workers=0, channels=1, image_size=24)
-    images, _ = next(iter(one))
-    assert images.shape == (4, 1, 24, 24)
+    batch = next(iter(one))
+    assert batch.images.shape == (4, 1, 24, 24) and batch.meta is None and len(batch.keys) == 4
     train = data.make_loader(npy, "train", batch_size=4, num_workers=2, image_size=16)
     batches = list(train)
-    assert len(batches) == len(train) == 6 and all(b[0].shape == (4, 3, 16, 16) for b in batches)
-    assert all(torch.isfinite(b[0]).all() for b in batches)
+    assert len(batches) == len(train) == 6 and all(b.images.shape == (4, 3, 16, 16) for b in batches)
+    assert all(torch.isfinite(b.images).all() for b in batches)
 
 
 def test_masks_follow_crop_and_flip(twins: tuple[dict, dict]) -> None:
@@ -230,7 +201,8 @@ def test_masks_follow_crop_and_flip(twins: tuple[dict, dict]) -> None:
     loader = data.make_loader(npy, "train", batch_size=4, num_workers=2, with_masks=True, channels=1,
                               mean=(0.0,), std=(1.0,), image_size=48)
     agree, total, flipped_differs = 0, 0, 0
-    for images, masks, labels in loader:
+    for batch in loader:
+        images, masks, labels = batch.images, batch.masks, batch.labels
         assert masks.shape == (4, 1, 48, 48) and masks.dtype == torch.int64
         assert set(masks.unique().tolist()) <= {0, 1} and labels.shape == (4,)
         sure = (images < 0.1) | (images > 0.9)  # away from block edges, where bilinear blends
@@ -243,10 +215,10 @@ def test_masks_follow_crop_and_flip(twins: tuple[dict, dict]) -> None:
 
 def _by_key(manifest: dict, **kw) -> dict[str, tuple[torch.Tensor, torch.Tensor, int]]:
     out = {}
-    for images, masks, labels, meta in data.make_loader(manifest, "val", batch_size=4, train=False,
-                                                        with_masks=True, with_meta=True, **kw):
-        for i, m in enumerate(meta):
-            out[m["key"]] = (images[i], masks[i], labels[i].item())
+    for batch in data.make_loader(manifest, "val", batch_size=4, train=False, with_masks=True, with_meta=True, **kw):
+        for i, m in enumerate(batch.meta):
+            assert m["key"] == batch.keys[i]
+            out[m["key"]] = (batch.images[i], batch.masks[i], batch.labels[i].item())
     return out
 
 
@@ -265,13 +237,21 @@ def test_train_npy_and_png_match_for_same_seed(twins: tuple[dict, dict]) -> None
     npy, png = twins
     a = list(data.make_loader(npy, "train", batch_size=4, num_workers=0, seed=3))
     b = list(data.make_loader(png, "train", batch_size=4, num_workers=0, seed=3))
-    assert all(torch.equal(x[0], y[0]) for x, y in zip(a, b, strict=True))
+    assert all(torch.equal(x.images, y.images) and x.keys == y.keys for x, y in zip(a, b, strict=True))
 
 
-def test_iterate_samples_and_labels(uneven: dict) -> None:
-    samples = list(data.iterate_samples(uneven, "val"))
-    assert len(samples) == 13
-    assert [s["meta"]["index"] for s in samples] == list(range(13))  # manifest order
-    assert {s["key"]: s["label_id"] for s in samples} == data.sample_labels(uneven, "val")
-    assert samples[0]["image"].shape == (32, 32) and samples[0]["mask"] is None
-    assert data.class_counts(uneven, "val") == [4, 3, 3, 3]
+@pytest.mark.parametrize("image_size", [None, 24, 40])
+def test_preprocess_is_what_the_eval_loader_yields(twins: tuple[dict, dict], image_size: int | None) -> None:
+    """Inference preprocessing of the stored pixels == the evaluation batches (through loader workers)."""
+    npy, _ = twins
+    raw = {s["key"]: s["image"] for s in iterate_samples(npy, "val")}
+    size = image_size or npy["image_size"]
+    for mean, std in [((0.5,) * 3, (0.25,) * 3), ((0.1, 0.2, 0.3), (0.5, 0.25, 0.125))]:
+        rec = SimpleNamespace(in_chans=3, input_size=(3, size, size), mean=mean, std=std)
+        seen = 0
+        for batch in data.make_loader(npy, "val", batch_size=4, train=False, num_workers=2, image_size=image_size,
+                                      mean=mean, std=std):
+            assert torch.equal(preprocess(np.stack([raw[k] for k in batch.keys]), rec), batch.images)
+            seen += len(batch)
+        assert seen == len(raw)
+
