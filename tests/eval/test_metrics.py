@@ -1,12 +1,11 @@
-"""Downstream classification metrics: AUC against sklearn, bootstrap CI, operating point, figures."""
+"""Metrics: AUC against sklearn, bootstrap CI, operating point, reports under `<split>/<name>`, Dice."""
 
-import builtins
 import time
 
 import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import log_loss, roc_auc_score, roc_curve
 
 from radimagenet.errors import ConfigError
 from radimagenet.eval import metrics as ev
@@ -83,15 +82,20 @@ def test_binary_report_uses_given_threshold() -> None:
     y, s = _data(1000, 8)
     t = ev.choose_threshold(y_val, s_val)
     r = ev.binary_report(y, s, t, n_boot=200)
-    assert all("test_auc" in k for k in ("test_auc", "test_auc_ci_low", "test_auc_ci_high"))
-    assert r["test_auc"] == pytest.approx(roc_auc_score(y, s))
+    assert set(r) == {"test/auc", "test/auc_ci_low", "test/auc_ci_high", "test/accuracy", "test/sensitivity",
+                      "test/specificity", "test/threshold", "test/n_images", "test/n_positive", "confusion_matrix"}
+    assert r["test/auc"] == pytest.approx(roc_auc_score(y, s))
+    assert r["test/auc_ci_low"] < r["test/auc"] < r["test/auc_ci_high"] and r["test/threshold"] == t
     tn, fp, fn, tp = sk_confusion_matrix(y, s >= t).ravel()
     assert r["confusion_matrix"] == [[tn, fp], [fn, tp]]
-    assert r["test_sensitivity"] == pytest.approx(tp / (tp + fn))
-    assert r["test_specificity"] == pytest.approx(tn / (tn + fp))
-    assert r["test_accuracy"] == pytest.approx((tp + tn) / y.size)
+    assert r["test/sensitivity"] == pytest.approx(tp / (tp + fn))
+    assert r["test/specificity"] == pytest.approx(tn / (tn + fp))
+    assert r["test/accuracy"] == pytest.approx((tp + tn) / y.size)
+    assert r["test/n_positive"] == int(y.sum())
     metrics = ev.scalar_metrics(r)
-    assert "confusion_matrix" not in metrics and metrics["test_n"] == 1000.0
+    assert "confusion_matrix" not in metrics and metrics["test/n_images"] == 1000.0
+    assert set(ev.binary_report(y, s, t, n_boot=10, prefix="val")) - {"confusion_matrix"} == {
+        k.replace("test/", "val/") for k in r if k != "confusion_matrix"}
 
 
 def test_multiclass_report_macro_ovr_and_absent_class() -> None:
@@ -100,17 +104,21 @@ def test_multiclass_report_macro_ovr_and_absent_class() -> None:
     probs = rng.dirichlet([1, 1, 1, 1], 400)
     probs[np.arange(400), y] += 0.3
     r = ev.multiclass_report(y, probs, n_boot=200)
-    want = np.mean([roc_auc_score(y == k, probs[:, k]) for k in range(3)])
-    assert r["test_auc"] == pytest.approx(want)
-    assert r["test_auc_ci_low"] < r["test_auc"] < r["test_auc_ci_high"]
-    assert "class 3" not in r and "[3]" in r["warning"]
-    assert r["test_accuracy"] == pytest.approx(np.mean(probs.argmax(1) == y))
+    want = [roc_auc_score(y == k, probs[:, k]) for k in range(3)]
+    assert r["test/auc"] == pytest.approx(np.mean(want))
+    assert [r[f"test/auc_class_{k}"] for k in range(3)] == pytest.approx(want)
+    assert "test/auc_class_3" not in r and "[3]" in r["warning"]
+    assert r["test/auc_ci_low"] < r["test/auc"] < r["test/auc_ci_high"]
+    assert r["test/accuracy"] == pytest.approx(np.mean(probs.argmax(1) == y))
+    recall = [np.mean(probs[y == k].argmax(1) == k) for k in range(3)]
+    assert r["test/balanced_accuracy"] == pytest.approx(np.mean(recall)) and r["test/n_images"] == 400
     assert np.array(r["confusion_matrix"]).shape == (4, 4)
+    assert r["test/auc"] == ev.macro_auc(probs, y)  # one AUC: the report's and the validation metric's
     # all classes present: no warning, equals sklearn's macro OvR on normalised probabilities
     p3 = rng.dirichlet([1, 1, 1], 400)
     r3 = ev.multiclass_report(y, p3, n_boot=50)
     assert "warning" not in r3
-    assert r3["test_auc"] == pytest.approx(roc_auc_score(y, p3, multi_class="ovr", average="macro"))
+    assert r3["test/auc"] == pytest.approx(roc_auc_score(y, p3, multi_class="ovr", average="macro"))
 
 
 def test_bad_inputs_are_config_errors() -> None:
@@ -122,40 +130,48 @@ def test_bad_inputs_are_config_errors() -> None:
         ev.auc_score([0, 1], [0.1, float("nan")])
     with pytest.raises(ConfigError, match=r"\[N, K\]"):
         ev.multiclass_report([0, 1], [0.2, 0.8])
-    with pytest.raises(ConfigError, match="K = len"):
-        ev.confusion_matrix_png([[1, 2], [3, 4]], ["a"])
+    with pytest.raises(ConfigError, match=r"\[N, K\]"):
+        ev.multiclass_report([], np.zeros((0, 2)))
+    with pytest.raises(ConfigError, match="two classes"):
+        ev.multiclass_report([1, 1], [[0.2, 0.8], [0.3, 0.7]])
+    with pytest.raises(ConfigError, match="NaN"):
+        ev.macro_auc([[0.2, 0.8], [float("nan"), 0.5]], [0, 1])
+    with pytest.raises(ConfigError, match="integers in"):
+        ev.macro_auc([[0.2, 0.8], [0.5, 0.5]], [0, 2])
 
 
-PNG = b"\x89PNG\r\n\x1a\n"
+def test_macro_auc_matches_sklearn_and_skips_undefined_classes() -> None:
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 4, 300)
+    probs = np.round(rng.dirichlet([1, 1, 1, 1], 300), 2)  # ties
+    assert ev.macro_auc(probs, y) == pytest.approx(np.mean([roc_auc_score(y == k, probs[:, k]) for k in range(4)]))
+    y3 = np.where(y == 3, 0, y)  # class 3 absent: left out, not counted 0.5
+    want = np.mean([roc_auc_score(y3 == k, probs[:, k]) for k in range(3)])
+    assert ev.macro_auc(probs, y3) == pytest.approx(want)
+    assert np.isnan(ev.macro_auc(np.ones((3, 2)) / 2, np.zeros(3, int)))  # one class only: undefined
+    assert np.isnan(ev.macro_auc(np.zeros((0, 2)), np.zeros(0, int)))
 
 
-def test_figures_matplotlib(tmp_path) -> None:
-    y, s = _data(200, 4)
-    data = ev.roc_curve_png(y, s, tmp_path / "roc.png", threshold=0.4)
-    assert data.startswith(PNG) and (tmp_path / "roc.png").read_bytes() == data
-    cm = ev.binary_report(y, s, 0.4, n_boot=10)["confusion_matrix"]
-    assert ev.confusion_matrix_png(cm, ["neg", "pos"], tmp_path / "cm.png", normalise=True).startswith(PNG)
-
-
-def test_figures_without_matplotlib(tmp_path, monkeypatch) -> None:
-    real_import = builtins.__import__
-
-    def no_matplotlib(name, *args, **kwargs):
-        if name.startswith("matplotlib"):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
-    y, s = _data(200, 4)
-    assert ev.roc_curve_png(y, s, tmp_path / "roc.png", threshold=0.4).startswith(PNG)
-    assert ev.confusion_matrix_png([[5, 1], [2, 7]], ["a", "b"], tmp_path / "cm.png").startswith(PNG)
-
-
-def test_image_helpers() -> None:
-    mask = np.zeros((8, 8))
-    mask[2:6, 2:6] = 1
-    outline = ev.mask_contour(mask)
-    assert outline.sum() == 12 and not outline[3:5, 3:5].any()
-    assert ev.jet(np.array([0.0, 1.0])).tolist() == [[0, 0, 128], [128, 0, 0]]
-    grey = ev.as_grey_uint8(np.array([[-1.0, 1.0]]))
-    assert grey.dtype == np.uint8 and grey.tolist() == [[0, 255]]
+def test_classification_metrics_names_top_k_auc_and_modalities() -> None:
+    classes = ["CT/lung/nodule", "CT/lung/normal", "MR/knee/acl", "US/thyroid"]
+    labels = np.array([0, 1, 2, 2, 0])  # class 3 absent from this "val" set
+    logits = np.array([[5, 0, 0, 0], [0, 5, 0, 0], [0, 0, 5, 0], [3, 0, 2, 0], [0, 4, 3, 0]], float)
+    m = ev.classification_metrics(logits, labels, classes)
+    assert set(m) == {"val/loss", "val/accuracy", "val/top5", "val/auc", "val/n_images",
+                      "val/accuracy_CT", "val/accuracy_MR"}
+    assert m["val/loss"] == pytest.approx(log_loss(labels, ev.softmax(logits), labels=range(4)))
+    assert m["val/accuracy"] == pytest.approx(3 / 5) and m["val/top5"] == 1.0 and m["val/n_images"] == 5.0
+    assert m["val/accuracy_CT"] == pytest.approx(2 / 3) and m["val/accuracy_MR"] == pytest.approx(1 / 2)
+    assert m["val/auc"] == pytest.approx(np.mean([roc_auc_score(labels == k, ev.softmax(logits)[:, k])
+                                                  for k in range(3)]))
+    assert ev.topk_accuracy(logits, labels, 2) == pytest.approx(4 / 5)
+    by_meta = ev.classification_metrics(logits, labels, classes, modalities=["CT", "MR", "CT", "MR", "CT"])
+    assert {k for k in by_meta if k.startswith("val/accuracy_")} == {"val/accuracy_CT", "val/accuracy_MR"}
+    assert by_meta["val/accuracy_MR"] == pytest.approx(0.5)
+    assert set(ev.classification_metrics(logits, labels, classes, prefix="train")) == {
+        k.replace("val/", "train/") for k in m}
+    with pytest.raises(ValueError, match="no evaluation samples"):
+        ev.classification_metrics(np.zeros((0, 4)), np.zeros(0, int), classes)
+    with pytest.raises(ValueError, match="does not match"):
+        ev.classification_metrics(logits[:, :3], labels, classes)
+    assert ev.summarize({"val/accuracy": 0.81234, "epoch": 2}) == "val/accuracy=0.8123 epoch=2"

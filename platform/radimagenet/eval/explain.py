@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from radimagenet.errors import ConfigError
-from radimagenet.eval.metrics import as_grey_uint8, jet, mask_contour, rgb_png
+from radimagenet.eval.figures import as_grey_uint8, jet, mask_contour, rgb_png
 
 if TYPE_CHECKING:
     import torch

@@ -1,33 +1,33 @@
-"""Downstream classification metrics (AUC with a bootstrap 95% interval, operating point) and figures.
+"""Evaluation metrics: AUC (the only implementation in the package), its bootstrap interval, the
+operating point, confusion matrix, loss and top-k accuracy from logits, and the reports that name
+them per split (Dice: :mod:`radimagenet.eval.dice`).
 
     t = choose_threshold(y_val, s_val)                 # the operating point comes from VALIDATION
-    report = binary_report(y_test, s_test, t)          # {"test_auc": ..., "test_auc_ci_low": ..., ...}
-    mlflow.log_metrics(scalar_metrics(report))
-    roc_curve_png(y_test, s_test, "roc.png", threshold=t)
+    report = binary_report(y_test, s_test, t)          # {"test/auc": ..., "test/auc_ci_low": ..., ...}
+    tracking.log_metrics(uri, run_id, scalar_metrics(report))
+    classification_metrics(logits, labels, classes)    # {"val/loss": ..., "val/accuracy": ..., "val/auc": ...}
+
+Names are ``<split>/<name>`` and mean the same number everywhere: ``<split>/auc`` (macro one-vs-rest
+for several classes), ``<split>/auc_ci_low``/``_high`` (bootstrap 95%), ``<split>/accuracy``,
+``<split>/loss``, ``<split>/n_images``.
 
 AUC is the rank (Mann-Whitney) statistic with ties counted one half, identical to
 ``sklearn.metrics.roc_auc_score``. The bootstrap draws resample *counts* (multinomial) and evaluates
 every resample's AUC in one vectorised pass over the sorted scores, so 1,000 resamples of 2,000
-samples take a few tens of milliseconds. Only numpy is needed; figures use matplotlib (Agg, no
-pyplot state) when it is installed and fall back to plain PIL drawing otherwise. The image helpers at
-the end (``as_grey_uint8``, ``mask_contour``, ``jet``, ``rgb_png``) are shared by ``explain`` and
-``segment``.
+samples take a few tens of milliseconds. Only numpy is needed.
+Figures are in :mod:`radimagenet.eval.figures`.
 """
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from radimagenet.dataset.format import modality_of
 from radimagenet.errors import ConfigError
-
-PathLike = str | Path
-
 
 # ---------------------------------------------------------------------------------------------- inputs
 
@@ -43,6 +43,20 @@ def _binary_inputs(y_true: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
     if not np.isfinite(s).all():
         raise ConfigError("scores contain NaN or infinity")
     return y.astype(bool), s
+
+
+def _multiclass_inputs(y_true: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and convert integer labels [N] in [0, K) and scores [N, K] (probabilities or logits)."""
+    y = np.asarray(y_true).reshape(-1)
+    pr = np.asarray(probs, dtype=np.float64)
+    if pr.ndim != 2 or pr.shape[0] != y.size:
+        raise ConfigError(f"probs must be [N, K] with N = len(y_true) = {y.size}, got {pr.shape}")
+    k = pr.shape[1]
+    if not np.isfinite(pr).all():
+        raise ConfigError("probs contain NaN or infinity")
+    if y.size and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= k):
+        raise ConfigError(f"labels must be integers in [0, {k})")
+    return y, pr
 
 
 def _need_both_classes(y: np.ndarray) -> None:
@@ -72,11 +86,30 @@ def _weighted_auc(y: np.ndarray, s: np.ndarray, weights: np.ndarray) -> np.ndarr
     return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
 
 
+def _ovr_auc(y: np.ndarray, probs: np.ndarray, classes: Sequence[int], weights: np.ndarray) -> np.ndarray:
+    """One-vs-rest AUC of each of ``classes`` for each row of ``weights``: [R, len(classes)]."""
+    return np.stack([_weighted_auc(y == k, probs[:, k], weights) for k in classes], axis=1)
+
+
 def auc_score(y_true: Any, scores: Any) -> float:
     """Binary ROC AUC (equals ``sklearn.metrics.roc_auc_score``); ConfigError if only one class is present."""
     y, s = _binary_inputs(y_true, scores)
     _need_both_classes(y)
     return float(_weighted_auc(y, s, np.ones((1, y.size)))[0])
+
+
+def macro_auc(probs: Any, labels: Any) -> float:
+    """One-vs-rest ROC AUC averaged over the classes that have both positives and negatives.
+
+    Classes absent from the evaluation set (or present in every sample) have no defined AUC and are
+    skipped; NaN when no class qualifies. ``probs`` is [N, K] (probabilities or logits: only ranks count).
+    """
+    y, pr = _multiclass_inputs(labels, probs)
+    counts = np.bincount(y, minlength=pr.shape[1]) if y.size else np.zeros(pr.shape[1], np.int64)
+    classes = np.flatnonzero((counts > 0) & (counts < y.size))
+    if classes.size == 0:
+        return math.nan
+    return float(_ovr_auc(y, pr, classes, np.ones((1, y.size)))[0].mean())
 
 
 def _resample_counts(groups: np.ndarray, n: int, rng: np.random.Generator, stratified: bool) -> np.ndarray:
@@ -99,6 +132,11 @@ def _percentile_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, floa
     return float(lo), float(hi)
 
 
+def _check_n(n: int) -> None:
+    if n < 1:
+        raise ConfigError(f"bootstrap needs n >= 1 resamples, got {n}")
+
+
 def bootstrap_auc(
     y_true: Any, scores: Any, n: int = 1000, seed: int = 0, *, stratified: bool = True
 ) -> tuple[float, float, float]:
@@ -108,14 +146,32 @@ def bootstrap_auc(
     ``stratified=False`` resamples the whole set and skips resamples that lost a class.
     Deterministic for a given ``seed``.
     """
-    if n < 1:
-        raise ConfigError(f"bootstrap needs n >= 1 resamples, got {n}")
+    _check_n(n)
     y, s = _binary_inputs(y_true, scores)
     _need_both_classes(y)
     auc = float(_weighted_auc(y, s, np.ones((1, y.size)))[0])
     counts = _resample_counts(y, n, np.random.default_rng(seed), stratified)
     lo, hi = _percentile_ci(_weighted_auc(y, s, counts))
     return auc, lo, hi
+
+
+def bootstrap_macro_auc(
+    y_true: Any, probs: Any, n: int = 1000, seed: int = 0
+) -> tuple[float, float, float, dict[int, float]]:
+    """``(macro auc, ci_low, ci_high, {class: auc})`` over the classes present in ``y_true`` (at least two).
+
+    The interval is the percentile bootstrap 95% interval, resampling within each class (stratified).
+    """
+    _check_n(n)
+    y, pr = _multiclass_inputs(y_true, probs)
+    present = np.unique(y)
+    if present.size < 2:
+        raise ConfigError("multiclass AUC needs at least two classes present in y_true")
+    per_class = _ovr_auc(y, pr, present, np.ones((1, y.size)))[0]
+    counts = _resample_counts(y, n, np.random.default_rng(seed), stratified=True)
+    lo, hi = _percentile_ci(_ovr_auc(y, pr, present, counts).mean(axis=1))
+    by_class = {int(c): float(a) for c, a in zip(present.tolist(), per_class, strict=True)}
+    return float(per_class.mean()), lo, hi, by_class
 
 
 # ------------------------------------------------------------------------------------- operating point
@@ -180,11 +236,32 @@ def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int) -> np.ndarray:
     return np.bincount(t * num_classes + p, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
+# ------------------------------------------------------------------------------------------ logits
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
+    k = min(k, logits.shape[1])
+    topk = np.argpartition(-logits, kth=k - 1, axis=1)[:, :k]
+    return float((topk == labels[:, None]).any(axis=1).mean())
+
+
+def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
+    z = logits - logits.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-logp[np.arange(len(labels)), labels].mean())
+
+
+# ------------------------------------------------------------------------------------------ reports
+
+
 def _ratio(num: float, den: float) -> float:
     return float(num / den) if den else math.nan
-
-
-# ------------------------------------------------------------------------------------------- reports
 
 
 def binary_report(
@@ -192,8 +269,9 @@ def binary_report(
 ) -> dict[str, Any]:
     """AUC with bootstrap 95% CI, and accuracy, sensitivity, specificity at ``threshold`` (from validation).
 
-    Keys: ``{prefix}_auc``, ``_auc_ci_low``, ``_auc_ci_high``, ``_accuracy``, ``_sensitivity``,
-    ``_specificity``, ``_threshold``, ``_n``, ``_n_pos``, and ``confusion_matrix`` ([[tn, fp], [fn, tp]]).
+    Keys: ``{prefix}/auc``, ``/auc_ci_low``, ``/auc_ci_high``, ``/accuracy``, ``/sensitivity``,
+    ``/specificity``, ``/threshold``, ``/n_images``, ``/n_positive``, and ``confusion_matrix``
+    ([[tn, fp], [fn, tp]]).
     """
     y, s = _binary_inputs(y_true, scores)
     auc, lo, hi = bootstrap_auc(y, s, n=n_boot, seed=seed)
@@ -201,22 +279,17 @@ def binary_report(
     (tn, fp), (fn, tp) = cm.tolist()
     p = prefix
     return {
-        f"{p}_auc": auc,
-        f"{p}_auc_ci_low": lo,
-        f"{p}_auc_ci_high": hi,
-        f"{p}_accuracy": (tp + tn) / y.size,
-        f"{p}_sensitivity": _ratio(tp, tp + fn),
-        f"{p}_specificity": _ratio(tn, tn + fp),
-        f"{p}_threshold": float(threshold),
-        f"{p}_n": int(y.size),
-        f"{p}_n_pos": int(y.sum()),
+        f"{p}/auc": auc,
+        f"{p}/auc_ci_low": lo,
+        f"{p}/auc_ci_high": hi,
+        f"{p}/accuracy": (tp + tn) / y.size,
+        f"{p}/sensitivity": _ratio(tp, tp + fn),
+        f"{p}/specificity": _ratio(tn, tn + fp),
+        f"{p}/threshold": float(threshold),
+        f"{p}/n_images": int(y.size),
+        f"{p}/n_positive": int(y.sum()),
         "confusion_matrix": cm.tolist(),
     }
-
-
-def _macro_auc(y: np.ndarray, probs: np.ndarray, classes: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Macro one-vs-rest AUC over ``classes`` for each row of ``weights``; [R, len(classes)] per class."""
-    return np.stack([_weighted_auc(y == k, probs[:, k], weights) for k in classes], axis=1)
 
 
 def multiclass_report(
@@ -226,39 +299,67 @@ def multiclass_report(
 
     ``probs`` is [N, K] (probabilities or logits: AUC only uses ranks, accuracy the argmax). Classes
     absent from ``y_true`` are left out of the macro AUC and named under the ``warning`` key; per-class
-    AUCs are ``{prefix}_auc_class_<k>``.
+    AUCs are ``{prefix}/auc_class_<k>``.
     """
-    y = np.asarray(y_true).reshape(-1)
-    pr = np.asarray(probs, dtype=np.float64)
-    if pr.ndim != 2 or pr.shape[0] != y.size or y.size == 0:
-        raise ConfigError(f"probs must be [N, K] with N = len(y_true) = {y.size}, got {pr.shape}")
+    if np.asarray(y_true).size == 0:
+        raise ConfigError(f"probs must be [N, K] with N = len(y_true) = 0, got {np.shape(probs)}")
+    y, pr = _multiclass_inputs(y_true, probs)
     k = pr.shape[1]
-    if not np.isfinite(pr).all():
-        raise ConfigError("probs contain NaN or infinity")
-    if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= k:
-        raise ConfigError(f"labels must be integers in [0, {k})")
-    present = np.unique(y)
-    if present.size < 2:
-        raise ConfigError("multiclass AUC needs at least two classes present in y_true")
-    per_class = _macro_auc(y, pr, present, np.ones((1, y.size)))[0]
-    counts = _resample_counts(y, n_boot, np.random.default_rng(seed), stratified=True)
-    lo, hi = _percentile_ci(_macro_auc(y, pr, present, counts).mean(axis=1))
+    auc, lo, hi, per_class = bootstrap_macro_auc(y, pr, n=n_boot, seed=seed)
     cm = confusion_matrix(y, pr.argmax(axis=1), k)
+    present = np.array(sorted(per_class))
     recall = np.diag(cm)[present] / cm.sum(axis=1)[present]
     p = prefix
     out: dict[str, Any] = {
-        f"{p}_auc": float(per_class.mean()),
-        f"{p}_auc_ci_low": lo,
-        f"{p}_auc_ci_high": hi,
-        f"{p}_accuracy": float(np.trace(cm) / y.size),
-        f"{p}_balanced_accuracy": float(recall.mean()),
-        f"{p}_n": int(y.size),
-        **{f"{p}_auc_class_{c}": float(a) for c, a in zip(present.tolist(), per_class, strict=True)},
+        f"{p}/auc": auc,
+        f"{p}/auc_ci_low": lo,
+        f"{p}/auc_ci_high": hi,
+        f"{p}/accuracy": float(np.trace(cm) / y.size),
+        f"{p}/balanced_accuracy": float(recall.mean()),
+        f"{p}/n_images": int(y.size),
+        **{f"{p}/auc_class_{c}": a for c, a in per_class.items()},
         "confusion_matrix": cm.tolist(),
     }
-    absent = sorted(set(range(k)) - set(present.tolist()))
+    absent = sorted(set(range(k)) - set(per_class))
     if absent:
         out["warning"] = f"classes {absent} absent from y_true; macro AUC over {present.size} of {k} classes"
+    return out
+
+
+def classification_metrics(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    modalities: list[str] | None = None,
+    prefix: str = "val",
+) -> dict[str, float]:
+    """The pretraining validation metrics of the *whole* split (gathered from all ranks first):
+    ``{prefix}/loss``, ``/accuracy`` (top-1), ``/top5``, ``/auc`` (macro one-vs-rest), ``/n_images`` and
+    ``/accuracy_<modality>`` (``val/accuracy_CT`` ...).
+
+    ``modalities`` gives each sample's modality (from its metadata); by default it is the first path
+    component of the sample's class name (``CT/lung/nodule`` -> ``CT``).
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) == 0:
+        raise ValueError("no evaluation samples (is the val split empty?)")
+    if logits.shape != (len(labels), len(classes)):
+        raise ValueError(f"logits shape {logits.shape} does not match {len(labels)} labels x {len(classes)} classes")
+    pred = logits.argmax(axis=1)
+    out: dict[str, float] = {
+        f"{prefix}/loss": cross_entropy(logits, labels),
+        f"{prefix}/accuracy": float((pred == labels).mean()),
+        f"{prefix}/top5": topk_accuracy(logits, labels, 5),
+        f"{prefix}/auc": macro_auc(softmax(logits), labels),
+        f"{prefix}/n_images": float(len(labels)),
+    }
+    if modalities is None:
+        modalities = [modality_of(classes[y]) for y in labels]
+    mods = np.asarray(modalities)
+    for m in sorted(set(mods.tolist())):
+        sel = mods == m
+        out[f"{prefix}/accuracy_{m}"] = float((pred[sel] == labels[sel]).mean())
     return out
 
 
@@ -271,173 +372,6 @@ def scalar_metrics(report: dict[str, Any]) -> dict[str, float]:
     }
 
 
-# ------------------------------------------------------------------------------------ image helpers
-
-
-def as_grey_uint8(image: Any) -> np.ndarray:
-    """[H, W] uint8 from a uint8/float array or tensor shaped [H, W], [1, H, W], [C, H, W] or [H, W, C].
-
-    uint8 input is kept; anything else is min-max scaled to 0..255 (so normalised tensors display).
-    Several channels are averaged.
-    """
-    a = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
-    if a.ndim == 3:
-        a = a.mean(axis=0 if a.shape[0] in (1, 3) else 2)
-    if a.ndim != 2:
-        raise ConfigError(f"expected an image [H, W], [C, H, W] or [H, W, C], got shape {a.shape}")
-    if a.dtype == np.uint8:
-        return a
-    a = a.astype(np.float64)
-    span = a.max() - a.min()
-    return np.zeros(a.shape, np.uint8) if span == 0 else ((a - a.min()) / span * 255).round().astype(np.uint8)
-
-
-def mask_contour(mask: Any) -> np.ndarray:
-    """Boolean [H, W] outline (1 pixel, 4-neighbour) of a binary mask."""
-    m = np.asarray(mask.detach().cpu() if hasattr(mask, "detach") else mask).squeeze() > 0
-    p = np.pad(m, 1, mode="constant")
-    inner = p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
-    return m & ~inner
-
-
-def jet(values: np.ndarray) -> np.ndarray:
-    """The classic jet colour map of values in [0, 1]: [..., 3] uint8 (no matplotlib needed)."""
-    v = np.clip(np.asarray(values, dtype=np.float64), 0, 1)[..., None]
-    rgb = np.clip(1.5 - np.abs(4 * v - np.array([3.0, 2.0, 1.0])), 0, 1)
-    return (rgb * 255).round().astype(np.uint8)
-
-
-def rgb_png(rgb: np.ndarray, path: PathLike | None = None, scale: int = 1) -> bytes:
-    """Encode an [H, W, 3] uint8 array as PNG (nearest-neighbour upscaled by ``scale``); also write ``path``."""
-    from PIL import Image
-
-    img = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), mode="RGB")
-    if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return _write(buf.getvalue(), path)
-
-
-def _write(data: bytes, path: PathLike | None) -> bytes:
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_bytes(data)
-    return data
-
-
-def _have_matplotlib() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _figure_png(fig: Any, path: PathLike | None) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    return _write(buf.getvalue(), path)
-
-
-# --------------------------------------------------------------------------------------------- figures
-
-
-def roc_curve_png(
-    y_true: Any,
-    scores: Any,
-    path: PathLike | None = None,
-    *,
-    threshold: float | None = None,
-    title: str = "ROC",
-) -> bytes:
-    """PNG of the ROC curve with its AUC (and the operating point at ``threshold`` if given)."""
-    fpr, tpr, thr = roc_points(y_true, scores)
-    auc = auc_score(y_true, scores)
-    point = None
-    if threshold is not None:
-        i = int(np.flatnonzero(thr >= threshold)[-1])
-        point = (float(fpr[i]), float(tpr[i]))
-    if not _have_matplotlib():
-        return _roc_pil(fpr, tpr, point, path)
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(4, 4))
-    ax = fig.subplots()
-    ax.plot(fpr, tpr, lw=2, label=f"AUC = {auc:.3f}")
-    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
-    if point is not None:
-        ax.plot(*point, "o", c="red", label=f"threshold {threshold:.3g}")
-    ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01), title=title)
-    ax.legend(loc="lower right")
-    return _figure_png(fig, path)
-
-
-def _roc_pil(
-    fpr: np.ndarray, tpr: np.ndarray, point: tuple[float, float] | None, path: PathLike | None
-) -> bytes:
-    from PIL import Image, ImageDraw
-
-    size, pad = 320, 30
-    img = Image.new("RGB", (size, size), "white")
-    draw = ImageDraw.Draw(img)
-    xy = [
-        (pad + x * (size - 2 * pad), size - pad - y * (size - 2 * pad)) for x, y in zip(fpr, tpr, strict=True)
-    ]
-    draw.rectangle([pad, pad, size - pad, size - pad], outline="black")
-    draw.line([(pad, size - pad), (size - pad, pad)], fill="grey")
-    draw.line(xy, fill="blue", width=2)
-    if point is not None:
-        px, py = pad + point[0] * (size - 2 * pad), size - pad - point[1] * (size - 2 * pad)
-        draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill="red")
-    draw.text((pad, 8), f"AUC = {float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2)):.3f}", fill="black")
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return _write(buf.getvalue(), path)
-
-
-def confusion_matrix_png(
-    cm: Any, class_names: Sequence[str], path: PathLike | None = None, *, normalise: bool = False
-) -> bytes:
-    """PNG of a confusion matrix (rows true, columns predicted); ``normalise`` shows row fractions."""
-    m = np.asarray(cm, dtype=np.float64)
-    if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] != len(class_names):
-        raise ConfigError(f"cm must be [K, K] with K = len(class_names) = {len(class_names)}, got {m.shape}")
-    if normalise:
-        m = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
-    labels = [[f"{v:.2f}" if normalise else f"{int(v)}" for v in row] for row in m]
-    if not _have_matplotlib():
-        return _cm_pil(m, labels, path)
-    from matplotlib.figure import Figure
-
-    k = len(class_names)
-    fig = Figure(figsize=(1.5 + 0.6 * k, 1.2 + 0.6 * k))
-    ax = fig.subplots()
-    ax.imshow(m, cmap="Blues", vmin=0)
-    for i in range(k):
-        for j in range(k):
-            dark = m[i, j] > 0.6 * max(m.max(), 1e-12)
-            ax.text(j, i, labels[i][j], ha="center", va="center", color="white" if dark else "black")
-    ax.set(xticks=range(k), yticks=range(k), xlabel="predicted", ylabel="true")
-    ax.set_xticklabels(class_names, rotation=45, ha="right")
-    ax.set_yticklabels(class_names)
-    return _figure_png(fig, path)
-
-
-def _cm_pil(m: np.ndarray, labels: list[list[str]], path: PathLike | None) -> bytes:
-    from PIL import Image, ImageDraw
-
-    k, cell = m.shape[0], 48
-    img = Image.new("RGB", (k * cell, k * cell), "white")
-    draw = ImageDraw.Draw(img)
-    top = max(m.max(), 1e-12)
-    for i in range(k):
-        for j in range(k):
-            shade = int(255 - 200 * m[i, j] / top)
-            draw.rectangle(
-                [j * cell, i * cell, (j + 1) * cell - 1, (i + 1) * cell - 1], fill=(shade, shade, 255)
-            )
-            draw.text((j * cell + 6, i * cell + 18), labels[i][j], fill="black")
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return _write(buf.getvalue(), path)
+def summarize(metrics: dict[str, Any]) -> str:
+    """One log line: ``val/accuracy=0.812 val/auc=0.973 ...``."""
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())

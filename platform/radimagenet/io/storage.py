@@ -12,6 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlparse
 
 from radimagenet.errors import StorageError
 
@@ -76,6 +77,28 @@ def _client_for(key: tuple[str | int | None, ...]) -> Any:
 def client() -> Any:
     """A boto3 S3 client for the current environment (cached per configuration, thread-safe)."""
     return _client_for(_config_key())
+
+
+def arrow_filesystem(path: str) -> tuple[Any, str]:
+    """``(pyarrow filesystem, path within it)`` for a local directory or ``s3://bucket/prefix``.
+
+    For S3 the filesystem is built from the same variables as boto3 (``AWS_ENDPOINT_URL`` for
+    SeaweedFS/MinIO, keys, region), so Ray's checkpoint uploads go where our data lives.
+    """
+    import pyarrow.fs as pafs
+
+    if not path.startswith("s3://"):
+        return pafs.LocalFileSystem(), os.path.abspath(path)
+    kwargs: dict[str, Any] = {"region": os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
+        kwargs.update(access_key=os.environ["AWS_ACCESS_KEY_ID"],
+                      secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY", ""))
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        parsed = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
+        kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "http")
+    kwargs.update(connect_timeout=5, request_timeout=60)
+    return pafs.S3FileSystem(**kwargs), path[len("s3://"):].rstrip("/")
 
 
 def describe_error(exc: Exception, uri: str | S3Uri) -> str:

@@ -5,7 +5,7 @@ state), so the driver creates the run and any Ray worker can log to it by id.
 
     uri = tracking.tracking_uri()                 # tracking.uri or MLFLOW_TRACKING_URI, checked
     run_id, resumed = tracking.start_or_resume_run(uri, "radimagenet-pretrain", "my-run")
-    tracking.log_metrics(uri, run_id, {"val/top1": 0.8}, step=120)
+    tracking.log_metrics(uri, run_id, {"val/accuracy": 0.8}, step=120)
     version = tracking.register_backbone(uri, run_id, "/tmp/backbone", "radimagenet-resnet50")
 
 A run is found again by its tag ``radimagenet.run_name``: a resumed or restarted job continues the
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 import urllib.error
 import urllib.request
@@ -246,8 +247,9 @@ def list_backbones(uri: str, name: str | None = None) -> list[dict[str, Any]]:
                     "aliases": sorted(aliases_of.get(str(mv.version), [])),
                     "arch": mv.tags.get("arch", ""),
                     "dataset_digest": mv.tags.get("dataset_digest", ""),
-                    "top1": mv.tags.get("val/top1", ""),
-                    "auc": mv.tags.get("val/auc_macro", ""),
+                    # versions registered before the metric names were unified carry the old tags
+                    "accuracy": mv.tags.get("val/accuracy", mv.tags.get("val/top1", "")),
+                    "auc": mv.tags.get("val/auc", mv.tags.get("val/auc_macro", "")),
                     "run_id": mv.run_id,
                     "source": mv.source,
                 }
@@ -328,3 +330,19 @@ def download_backbone(uri: str, model_version: Any, dst: str | None = None) -> s
         raise TrackingError(
             f"cannot download {model_version.name}/{model_version.version} from {model_version.source}: {_short(exc)}"
         ) from exc
+
+
+def log_artifacts(uri: str, run_id: str, local_dir: str, artifact_path: str | None = None) -> None:
+    """Upload the files under ``local_dir`` as the run's artifacts (under ``artifact_path``)."""
+    client(uri).log_artifacts(run_id, local_dir, artifact_path)
+
+
+def download_text(uri: str, run_id: str, artifact_path: str) -> str:
+    """The text of one run artifact (e.g. ``predictions/test.csv``)."""
+    tmp = tempfile.mkdtemp(prefix="radimagenet-artifact-")
+    try:
+        local = client(uri).download_artifacts(run_id, artifact_path, tmp)
+        with open(local) as f:
+            return f.read()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
