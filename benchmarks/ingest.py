@@ -176,8 +176,8 @@ def full_ingest(folder: Path, workers: int, size: int) -> tuple[float, float]:
 def driver(size: int, n: int = 3000) -> None:
     """The serial part of every ingest: the driver's thread writing ready samples into a shard
     (tar members, SHA-256, handing parts to the upload thread). Its CPU per sample caps one ingest."""
+    from radimagenet.dataset.format import Sample
     from radimagenet.dataset.writer import ShardWriter
-    from radimagenet.ingest.process import Sample
     from radimagenet.io import storage
 
     image = encode_image(np.random.default_rng(0).integers(0, 256, (size, size), dtype=np.uint8), "npy")
@@ -210,20 +210,26 @@ def busy_seconds() -> float:
 
 def scaling(folder: Path, warmup: Path, size: int, cores: int) -> None:
     """--workers 2 against --workers 1, and the most the machine's cores allow for 2."""
-    from radimagenet.io.cluster import init_ray
+    from unittest import mock
 
-    init_ray(num_cpus=2)
-    # Start and warm both Ray workers (imports, S3 client) outside the timed runs: chunks of 2 files.
-    cfg = IngestConfig(source=str(warmup), out=f"s3://radimagenet/bench/{uuid.uuid4().hex[:8]}", image_size=size,
-                       workers=2, chunk_size=2, patient_from="dicom")
-    ingest(cfg, SECRET, progress=False)
-    n = len(input_files(folder))
-    rate, cpu, driver_cpu = {}, {}, {}
-    for workers in (1, 2):
-        b0, t0 = busy_seconds(), time.thread_time()
-        wall = full_ingest(folder, workers, size)[0]
-        rate[workers], cpu[workers] = 1 / wall, (busy_seconds() - b0) / n
-        driver_cpu[workers] = (time.thread_time() - t0) / n  # this thread: receive results + write shards
+    from radimagenet.io import cluster
+
+    # One local Ray of exactly 2 CPUs (not the stack's head that RAY_ADDRESS names) for every run below:
+    # each ingest finds it connected; its 2 workers are started and warmed (imports, S3 client) outside
+    # the timed runs, with chunks of 2 files.
+    no_cluster = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    with mock.patch.dict(os.environ, no_cluster, clear=True), \
+            cluster.connect(num_cpus=2, log_to_driver=False, include_dashboard=False):
+        cfg = IngestConfig(source=str(warmup), out=f"s3://radimagenet/bench/{uuid.uuid4().hex[:8]}",
+                           image_size=size, workers=2, chunk_size=2, patient_from="dicom")
+        ingest(cfg, SECRET, progress=False)
+        n = len(input_files(folder))
+        rate, cpu, driver_cpu = {}, {}, {}
+        for workers in (1, 2):
+            b0, t0 = busy_seconds(), time.thread_time()
+            wall = full_ingest(folder, workers, size)[0]
+            rate[workers], cpu[workers] = 1 / wall, (busy_seconds() - b0) / n
+            driver_cpu[workers] = (time.thread_time() - t0) / n  # this thread: receive results + write shards
     bound = cores / cpu[2]  # files/s if every core did nothing but this ingest's work
     print(f"workers: 1 -> {rate[1]:.0f} files/s, 2 -> {rate[2]:.0f} files/s, speed-up {rate[2] / rate[1]:.2f}x "
           f"(goal: close to 2x)\n"

@@ -19,8 +19,11 @@ from radimagenet.ingest.decode import (
     REJECT_REASONS,
     DecodeConfig,
     Rejected,
+    common,
     decode_file,
     decode_mask,
+    dicom,
+    pixels,
     resize,
     resize_mask,
 )
@@ -113,8 +116,8 @@ def test_lossless_encodings_of_one_image_decode_identically():
 )
 def test_native_fast_path_equals_pydicom(name):
     ds = pydicom.dcmread(data(name))
-    geo = D._geometry(D._header(ds), DecodeConfig(min_size=1))
-    fast = D._native_grey_frame(ds, "PixelData", geo, None, ds.file_meta.TransferSyntaxUID)
+    geo = dicom._geometry(dicom._header(ds), DecodeConfig(min_size=1))
+    fast = pixels._native_grey_frame(ds, "PixelData", geo, None, ds.file_meta.TransferSyntaxUID)
     assert fast is not None
     np.testing.assert_array_equal(fast, ds.pixel_array)
 
@@ -123,8 +126,8 @@ def test_native_fast_path_masks_unused_high_bits(tmp_path):
     arr = np.array([[0xF123, 0x0FFF], [0x1000, 0x0800]] * 8, dtype=np.uint16).repeat(8, axis=1)
     path = write_dicom(tmp_path / "hb.dcm", arr, BitsStored=12, HighBit=11)
     ds = pydicom.dcmread(path)
-    geo = D._geometry(D._header(ds), DecodeConfig())
-    fast = D._native_grey_frame(ds, "PixelData", geo, None, ds.file_meta.TransferSyntaxUID)
+    geo = dicom._geometry(dicom._header(ds), DecodeConfig())
+    fast = pixels._native_grey_frame(ds, "PixelData", geo, None, ds.file_meta.TransferSyntaxUID)
     np.testing.assert_array_equal(fast, ds.pixel_array)
     assert fast.max() <= 0x0FFF
 
@@ -162,9 +165,9 @@ def test_rle_fast_path_equals_pydicom(kind, tmp_path):
     else:
         path = _rle_file(tmp_path, rng.integers(0, 4096, (3, 40, 48), dtype=np.uint16))
     ds = pydicom.dcmread(path)
-    geo = D._geometry(D._header(ds), DecodeConfig(min_size=1))
+    geo = dicom._geometry(dicom._header(ds), DecodeConfig(min_size=1))
     for index in ([None] if geo.frames == 1 else range(geo.frames)):
-        fast = D._rle_grey_frame(ds, "PixelData", geo, index, ds.file_meta.TransferSyntaxUID)
+        fast = pixels._rle_grey_frame(ds, "PixelData", geo, index, ds.file_meta.TransferSyntaxUID)
         assert fast is not None, kind
         expected = pixel_array(ds, index=index)
         assert fast.dtype == expected.dtype
@@ -179,8 +182,8 @@ def test_rle_fast_path_leaves_bad_frames_to_pydicom(tmp_path):
     raw[at + 4 : at + 8] = (0xFFFF).to_bytes(4, "little")  # segment 1 starts past the fragment
     path.write_bytes(bytes(raw))
     ds = pydicom.dcmread(path)
-    geo = D._geometry(D._header(ds), DecodeConfig(min_size=1))
-    assert D._rle_grey_frame(ds, "PixelData", geo, None, ds.file_meta.TransferSyntaxUID) is None
+    geo = dicom._geometry(dicom._header(ds), DecodeConfig(min_size=1))
+    assert pixels._rle_grey_frame(ds, "PixelData", geo, None, ds.file_meta.TransferSyntaxUID) is None
     with pytest.raises(Rejected) as err:
         decode_file(path, DecodeConfig(min_size=1))
     assert err.value.reason == "decode_failed"
@@ -345,9 +348,9 @@ def test_jpeg_ls_is_decoded_by_charls_with_libjpegs_pixels(name):
     ds = pydicom.dcmread(data(name))
     tsyntax = ds.file_meta.TransferSyntaxUID
     assert D.preferred_plugin(tsyntax) == "pyjpegls"
-    geo = D._geometry(D._header(ds), DecodeConfig(min_size=1))
-    ours = D._decode_pixels(ds, "PixelData", geo, D._frame_index(geo.frames, DecodeConfig()), tsyntax)
-    reference = pixel_array(ds, index=D._frame_index(geo.frames, DecodeConfig()), decoding_plugin="pylibjpeg")
+    geo = dicom._geometry(dicom._header(ds), DecodeConfig(min_size=1))
+    ours = pixels._decode_pixels(ds, "PixelData", geo, common._frame_index(geo.frames, DecodeConfig()), tsyntax)
+    reference = pixel_array(ds, index=common._frame_index(geo.frames, DecodeConfig()), decoding_plugin="pylibjpeg")
     np.testing.assert_array_equal(ours, reference)
 
 
@@ -356,7 +359,7 @@ def test_a_preferred_plugin_that_fails_falls_back_to_the_others(monkeypatch):
     reference = decode_file(data("JPGExtended.dcm")).image
     ds = pydicom.dcmread(data("JPGExtended.dcm"))
     tsyntax = ds.file_meta.TransferSyntaxUID
-    monkeypatch.setitem(D._FASTEST_PLUGIN, str(tsyntax), "pillow")
+    monkeypatch.setitem(pixels._FASTEST_PLUGIN, str(tsyntax), "pillow")
     D.preferred_plugin.cache_clear()
     try:
         assert D.preferred_plugin(tsyntax) == "pillow"

@@ -128,32 +128,6 @@ def test_pixel_key_and_encodings_are_lossless():
         assert encode_image(image, "npy") == written.getvalue()
 
 
-def _reference_tar_header(name: str, size: int) -> bytes:
-    """The ustar header built field by field (what tar_header must produce)."""
-    header = bytearray(512)
-    header[0 : len(name)] = name.encode()
-    header[100:108], header[108:116], header[116:124] = b"0000444\0", b"0000000\0", b"0000000\0"
-    header[124:136], header[136:148] = b"%011o\0" % size, b"00000000000\0"
-    header[148:156], header[156:157], header[257:265] = b"        ", b"0", b"ustar\x0000"
-    header[148:156] = b"%06o\0 " % sum(header)
-    return bytes(header)
-
-
-def test_tar_header_is_a_valid_deterministic_ustar_header():
-    import tarfile
-
-    from radimagenet.dataset.writer import tar_header
-
-    for name, size in [("a.cls", 1), ("0" * 32 + ".npy", 50_304), ("k.mask.png", 0), ("x" * 100, 8**11 - 1)]:
-        header = tar_header(name, size)
-        assert header == _reference_tar_header(name, size)
-        info = tarfile.TarInfo.frombuf(header, "utf-8", "strict")  # raises on a bad checksum
-        assert (info.name, info.size, info.mode, info.mtime, info.uid, info.type) == (
-            name, size, 0o444, 0, 0, tarfile.REGTYPE)
-    with pytest.raises(ValueError, match="longer than 100"):
-        tar_header("y" * 101, 1)
-
-
 def test_driver_state_counts_rejects_as_it_goes():
     """The progress bar's reject count is kept incrementally (not recounted over every line per chunk,
     which is quadratic in the number of inputs), and agrees with the report lines."""

@@ -17,7 +17,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from radimagenet.dataset import inspect as dataset
+from radimagenet.dataset.format import load_manifest
+from radimagenet.dataset.inspect import load_report, summary
+from radimagenet.dataset.verify import verify
 from radimagenet.errors import ConfigError, StorageError
 from radimagenet.ingest import IngestConfig, ingest
 from radimagenet.io import storage
@@ -68,7 +70,7 @@ def ingested(stack_env, corpus) -> tuple[dict, list[dict], str]:
     source, _ = corpus
     out = new_prefix("synth")
     manifest = run_ingest(source, out)
-    return manifest, dataset.load_report(out), out
+    return manifest, load_report(out), out
 
 
 def test_every_input_is_accounted_for(ingested, corpus):
@@ -94,8 +96,8 @@ def test_every_input_is_accounted_for(ingested, corpus):
 
 def test_dataset_verifies_and_inspects(ingested):
     manifest, _, out = ingested
-    assert dataset.verify(manifest) == []
-    text = dataset.summary(dataset.load_manifest(out))
+    assert verify(manifest) == []
+    text = summary(load_manifest(out))
     assert "train" in text and "blank" in text and manifest["classes"][0] in text
     assert manifest["classes"] == sorted(manifest["classes"]) and len(manifest["classes"]) >= 8
     assert manifest["digest"].startswith("sha256:") and manifest["versions"]["pydicom"]
@@ -170,7 +172,7 @@ def test_interrupted_ingest_resumes_without_loss_or_duplicates(stack_env, corpus
     resumed = run_ingest(source, out, chunk_size=8, shard_size=16 * 1024)
     assert resumed["digest"] == manifest["digest"]
     assert resumed["counts"] == manifest["counts"]
-    assert dataset.verify(resumed) == []
+    assert verify(resumed) == []
     assert storage.list_keys(out + "/_journal") == []
 
 
@@ -209,7 +211,7 @@ def test_folder_layout_with_png_and_jpeg(stack_env, tmp_path):
     out = new_prefix("folder")
     m = run_ingest(tmp_path, out, labels=None, image_size=32)
     assert m["classes"] == ["CT/lung/nodule", "US/gb"]
-    report = {line["source"]: line for line in dataset.load_report(out)}
+    report = {line["source"]: line for line in load_report(out)}
     assert report["notes.txt"]["reason"].startswith("missing_label")
     assert report["CT/lung/nodule/readme.txt"]["reason"].startswith("unsupported_format")
     assert report["US/gb/j.jpg"]["status"] == "written"
@@ -229,7 +231,7 @@ def test_pydicom_test_files_are_decoded_or_rejected_with_a_reason(stack_env, tmp
         shutil.copy(f, folder / f"{i:03d}_{Path(f).name}")
     out = new_prefix("pydicom")
     m = run_ingest(tmp_path, out, labels=None, image_size=64, patient_from="file")
-    report = dataset.load_report(out)
+    report = load_report(out)
     assert len(report) == len(files) == m["counts"]["inputs"]
     by_name = {line["source"].split("_", 1)[1]: line for line in report}
     for name in ("CT_small.dcm", "MR_small.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm", "SC_rgb.dcm"):
@@ -285,7 +287,7 @@ def test_every_rejection_reason(stack_env, corpus, tmp_path):
     (tmp_path / "labels.csv").write_text("path,label,patient_id,split,mask\n" + "\n".join(rows) + "\n")
     out = new_prefix("reasons")
     run_ingest(tmp_path, out, split_fractions=(1.0, 0.0, 0.0))
-    report = dataset.load_report(out)
+    report = load_report(out)
     code = [(line["status"], (line["reason"] or "").split(":")[0]) for line in report]
     assert code[0] == ("written", "")
     assert code[1] == ("rejected", "split_conflict")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from radimagenet.commands.submit import parse_command
 from radimagenet.io import storage
 from radimagenet.ops import jobs
 
@@ -157,10 +158,10 @@ def test_submitted_pretraining_registers_refuses_duplicates_stops_and_resumes(st
     cwd = os.getcwd()
     os.chdir(REPO)  # --config relative to the repository, as in the README
     try:
-        sub = jobs.submit("pretrain", args, name=name)
+        sub = jobs.submit("pretrain", args, parse=parse_command, name=name)
         assert sub.submission_id == f"pretrain-{name}" and f"tracking.run_name={name}" in sub.entrypoint
         with pytest.raises(jobs.JobError, match="still (PENDING|RUNNING)"):
-            jobs.submit("pretrain", args, name=name)
+            jobs.submit("pretrain", args, parse=parse_command, name=name)
         rc, text = run_cli(["jobs", "logs", sub.submission_id, "--follow"])
         assert rc == 0, text[-3000:]
         assert f"run {name} (new)" in text and f"registered {registry} version 1" in text
@@ -172,7 +173,7 @@ def test_submitted_pretraining_registers_refuses_duplicates_stops_and_resumes(st
         assert_no_secrets(stack_env, run.data.params, run.data.tags, versions[0].tags)
         assert_job_clean(stack_env, sub.submission_id)
 
-        stopped = jobs.submit("pretrain", args, name=name)  # attempt 2, stopped at once
+        stopped = jobs.submit("pretrain", args, parse=parse_command, name=name)  # attempt 2, stopped at once
         assert stopped.submission_id == f"pretrain-{name}-2"
         rc, text = run_cli(["jobs", "stop", stopped.submission_id])
         assert rc == 0 and "stop requested" in text, text
@@ -194,7 +195,7 @@ def test_remote_style_submission_ships_relative_config_files(stack_env, monkeypa
     monkeypatch.chdir(REPO)
     name = f"r{uuid.uuid4().hex[:6]}"
     sub = jobs.submit("pretrain", ["--config", "pipelines/demo-pretrain.yaml", "--print-config",
-                                   "train.epochs=1"], name=name)
+                                   "train.epochs=1"], parse=parse_command, name=name)
     assert sub.shipped_files == ["pipelines/demo-pretrain.yaml"]
     assert "--config pipelines/demo-pretrain.yaml" in sub.entrypoint
     assert "AWS_ENDPOINT_URL" not in sub.runtime_env["env_vars"] and any("loopback" in w for w in sub.warnings)

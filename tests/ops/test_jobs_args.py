@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from radimagenet.cli import build_parser, main
-from radimagenet.commands.submit import split_args
+from radimagenet.commands.submit import parse_command, split_args
 from radimagenet.errors import ConfigError
 from radimagenet.ops import jobs
 
@@ -49,30 +49,31 @@ def test_submit_options_before_the_double_dash_command_args_after(argv, name, fo
 
 
 def test_names_come_from_the_commands_resume_keys():
-    assert jobs.job_name("ingest", ["src", "--out", "s3://radimagenet/datasets/demo"]) == (
-        "radimagenet-datasets-demo", ["src", "--out", "s3://radimagenet/datasets/demo"])
-    assert jobs.job_name("pretrain", ["tracking.run_name=r1", "train.epochs=1"])[0] == "r1"
+    out = ["src", "--out", "s3://radimagenet/datasets/demo"]
+    assert jobs.job_name("ingest", out, parse=parse_command) == ("radimagenet-datasets-demo", out)
+    assert jobs.job_name("pretrain", ["tracking.run_name=r1", "train.epochs=1"], parse=parse_command)[0] == "r1"
     # --name becomes the run name when there is none, so the same name resumes the same run
-    name, args = jobs.job_name("pretrain", ["train.epochs=1"], name="demo")
+    name, args = jobs.job_name("pretrain", ["train.epochs=1"], name="demo", parse=parse_command)
     assert name == "demo" and args == ["train.epochs=1", "tracking.run_name=demo"]
-    name, args = jobs.job_name("compare", ["--backbones", "scratch", "--data", "s3://b/d"], name="cmp")
+    name, args = jobs.job_name("compare", ["--backbones", "scratch", "--data", "s3://b/d"], name="cmp",
+                               parse=parse_command)
     assert args[-2:] == ["--run-name", "cmp"]
-    name, args = jobs.job_name("finetune", [], now=lambda: 0)
+    name, args = jobs.job_name("finetune", [], now=lambda: 0, parse=parse_command)
     assert name.startswith("finetune-19") and args == [f"tracking.run_name={name}"]
 
 
 def test_run_name_from_the_config_file(tmp_path):
     cfg = tmp_path / "p.yaml"
     cfg.write_text("tracking:\n  run_name: from-yaml\n")
-    name, args = jobs.job_name("pretrain", ["--config", str(cfg)])
+    name, args = jobs.job_name("pretrain", ["--config", str(cfg)], parse=parse_command)
     assert name == "from-yaml" and args == ["--config", str(cfg)]
 
 
 def test_bad_arguments_fail_here_not_in_the_job():
     with pytest.raises(ConfigError, match="not valid for `radimagenet ingest`"):
-        jobs.job_name("ingest", ["src"])  # --out missing
+        jobs.job_name("ingest", ["src"], parse=parse_command)  # --out missing
     with pytest.raises(ConfigError, match="cannot submit"):
-        jobs.job_name("stack", [])
+        jobs.job_name("stack", [], parse=parse_command)
 
 
 def test_local_paths_become_absolute_for_a_local_cluster(tmp_path):
@@ -119,7 +120,7 @@ def test_plan_entrypoint_metadata_and_ids_hold_no_secrets(monkeypatch):
     for k, v in ENV.items():
         monkeypatch.setenv(k, v)
     sub = jobs.plan("pretrain", ["--config", "pipelines/demo-pretrain.yaml", "train.epochs=1"], LOCAL,
-                    name="demo", cwd=str(REPO))
+                    parse=parse_command, name="demo", cwd=str(REPO))
     assert sub.submission_id == "pretrain-demo" and sub.attempt == 1
     assert sub.entrypoint.startswith("python -m radimagenet pretrain --config ")
     assert str(REPO / "pipelines" / "demo-pretrain.yaml") in sub.entrypoint
@@ -130,14 +131,15 @@ def test_plan_entrypoint_metadata_and_ids_hold_no_secrets(monkeypatch):
     text = json.dumps([sub.entrypoint, sub.metadata, sub.runtime_env])
     assert ENV["AWS_SECRET_ACCESS_KEY"] not in text and ENV["AWS_ACCESS_KEY_ID"] not in text
     assert ENV["RAY_AUTH_TOKEN"] not in text
-    again = jobs.plan("pretrain", ["tracking.run_name=demo"], LOCAL, attempt=3)
+    again = jobs.plan("pretrain", ["tracking.run_name=demo"], LOCAL, parse=parse_command, attempt=3)
     assert again.submission_id == "pretrain-demo-3" and again.metadata["radimagenet.attempt"] == "3"
 
 
 def test_a_secret_in_the_arguments_is_refused(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", ENV["AWS_SECRET_ACCESS_KEY"])
     with pytest.raises(ConfigError, match="AWS_SECRET_ACCESS_KEY"):
-        jobs.plan("pretrain", ["tracking.run_name=x", f"data.note={ENV['AWS_SECRET_ACCESS_KEY']}"], LOCAL)
+        jobs.plan("pretrain", ["tracking.run_name=x", f"data.note={ENV['AWS_SECRET_ACCESS_KEY']}"], LOCAL,
+                  parse=parse_command)
 
 
 def test_sanitise_redacts_known_values_and_secret_looking_options():
@@ -187,3 +189,33 @@ def test_cli_errors_are_one_clear_line(capsys):
     assert "cannot reach the Ray dashboard" in capsys.readouterr().err
     assert main(["submit", "ingest", "--address", LOCAL, "--", "src"]) == 2  # --out missing
     assert "not valid for `radimagenet ingest`" in capsys.readouterr().err
+
+
+def test_jobs_checks_arguments_with_the_parser_it_is_given():
+    import argparse
+
+    seen = []
+
+    def parse(verb, args):
+        seen.append((verb, args))
+        return argparse.Namespace(out="s3://b/from-parser")
+
+    assert jobs.job_name("ingest", ["anything"], parse=parse) == ("b-from-parser", ["anything"])
+    assert seen == [("ingest", ["anything"])]
+
+    def asks_for_help(verb, args):
+        raise SystemExit(0)
+
+    with pytest.raises(jobs.JobError, match="--help` is not something to submit"):
+        jobs.job_name("ingest", ["--help"], parse=asks_for_help)
+
+
+def test_ops_imports_neither_the_cli_nor_the_commands():
+    import ast
+
+    for path in sorted((REPO / "platform" / "radimagenet" / "ops").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            for name in names:
+                assert not name.startswith(("radimagenet.cli", "radimagenet.commands")), f"{path}: {name}"

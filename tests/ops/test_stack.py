@@ -21,6 +21,7 @@ from botocore.exceptions import ClientError
 
 from radimagenet.cli import main
 from radimagenet.ops import stack
+from radimagenet.ops.stack import processes
 
 pytestmark = pytest.mark.integration
 
@@ -172,10 +173,10 @@ def test_down_stops_only_our_processes(stack_env):
     try:
         ours = set()
         for s in stack.status(home):
-            ours |= set(stack._process_tree(s.pid))
+            ours |= set(processes._process_tree(s.pid))
         assert len(ours) >= 5
         assert stack.down(home) == ["ray", "mlflow", "s3"]
-        assert [p for p in ours if Path(f"/proc/{p}").exists() and stack._proc_stat(p)[0] != "Z"] == []
+        assert [p for p in ours if Path(f"/proc/{p}").exists() and processes._proc_stat(p)[0] != "Z"] == []
         assert bystander.poll() is None
         assert not any(s.up for s in stack.status(home))
         assert stack.down(home) == []

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from radimagenet.dataset.format import ENCODINGS
 from radimagenet.errors import ConfigError
-
-ENCODINGS = ("npy", "png")
-SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import xxhash
 
-from radimagenet.dataset.writer import Sample
+from radimagenet.dataset.format import Sample
 from radimagenet.ingest import decode
 from radimagenet.ingest.deid import clean_meta, patient_key, split_of
 from radimagenet.ingest.sources import InputRow

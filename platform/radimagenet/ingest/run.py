@@ -19,18 +19,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from radimagenet.dataset.format import FORMAT, SPLITS, Sample, manifest_uri
 from radimagenet.dataset.writer import ShardRecord, ShardWriter
 from radimagenet.errors import ConfigError
 from radimagenet.ingest import decode
-from radimagenet.ingest.config import SPLITS, IngestConfig
+from radimagenet.ingest.config import IngestConfig
 from radimagenet.ingest.deid import secret_fingerprint
-from radimagenet.ingest.process import Context, Reject, Sample, process_rows
+from radimagenet.ingest.process import Context, Reject, process_rows
 from radimagenet.ingest.sources import InputRow, class_list, read_inputs
 from radimagenet.io import storage
 from radimagenet.io.storage import S3Uri
-
-FORMAT = "radimagenet-dataset/1"
-
 
 # --- journal ---------------------------------------------------------------------------------------
 
@@ -71,7 +69,7 @@ def preflight(cfg: IngestConfig, fingerprint: dict) -> list[ShardRecord]:
     if not out.key:
         raise ConfigError(f"--out {cfg.out} needs a prefix inside the bucket (s3://BUCKET/datasets/NAME)")
     storage.check_bucket(out)
-    if storage.exists(out.join("manifest.json")):
+    if storage.exists(manifest_uri(str(out))):
         raise ConfigError(
             f"a dataset already exists at {cfg.out} (manifest.json is there); choose another --out "
             f"or delete it first"
@@ -118,17 +116,17 @@ def run_chunks(chunks: list[list[InputRow]], ctx: Context, workers: int) -> Iter
         return
     import ray
 
-    from radimagenet.io.cluster import init_ray
+    from radimagenet.io import cluster
 
-    init_ray(num_cpus=workers)
-    task = ray.remote(num_cpus=1, max_retries=3)(process_rows)
-    ctx_ref = ray.put(ctx)
-    pending = iter(chunks)
-    inflight = collections.deque(task.remote(c, ctx_ref) for c in _take(pending, 2 * workers))
-    while inflight:
-        result = ray.get(inflight.popleft())
-        inflight.extend(task.remote(c, ctx_ref) for c in _take(pending, 1))
-        yield result
+    with cluster.connect(num_cpus=workers, log_to_driver=False, include_dashboard=False, stack_head=False):
+        task = ray.remote(num_cpus=1, max_retries=3)(process_rows)
+        ctx_ref = ray.put(ctx)
+        pending = iter(chunks)
+        inflight = collections.deque(task.remote(c, ctx_ref) for c in _take(pending, 2 * workers))
+        while inflight:
+            result = ray.get(inflight.popleft())
+            inflight.extend(task.remote(c, ctx_ref) for c in _take(pending, 1))
+            yield result
 
 
 def _take(it: Iterator, n: int) -> list:
@@ -314,7 +312,7 @@ def ingest(cfg: IngestConfig, secret: bytes, progress: bool | None = None) -> di
     report = "".join(json.dumps(line) + "\n" for line in lines).encode()
     storage.write_bytes(out.join("report.jsonl"), report, "application/x-ndjson")
     manifest = build_manifest(cfg, classes, records, lines, fingerprint, has_masks)
-    storage.write_json(out.join("manifest.json"), manifest)
+    storage.write_json(manifest_uri(str(out)), manifest)
     _clear_journal(out)
     return manifest
 

@@ -1,0 +1,111 @@
+"""What every decoding module shares: reject reasons, :class:`Rejected`, the config and result types,
+the validated pixel geometry, the multi-frame policy and the file-format magic numbers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+REJECT_REASONS: dict[str, str] = {
+    "unreadable": "the file could not be opened or parsed (corrupt or truncated DICOM header, I/O error)",
+    "unsupported_format": "not a DICOM, PNG or JPEG file",
+    "no_pixel_data": "a DICOM object without an image (RT plan, structured report, waveform ...)",
+    "bad_header": "image pixel tags missing or inconsistent (Rows, Columns, BitsAllocated, "
+    "SamplesPerPixel, PhotometricInterpretation, NumberOfFrames, Transfer Syntax)",
+    "truncated": "native pixel data shorter than Rows*Columns*SamplesPerPixel*BitsAllocated*Frames",
+    "unsupported_syntax": "a transfer syntax pydicom cannot decode at all (video, JPIP ...)",
+    "missing_decoder": "no installed plugin can decode this transfer syntax",
+    "decode_failed": "the pixel decoder raised an error (corrupt or truncated compressed data)",
+    "bad_shape": "the decoded array does not have the shape the header declares",
+    "unsupported_photometric": "a photometric interpretation that cannot be converted to grey",
+    "non_finite": "NaN or infinite pixel values or rescale/window parameters",
+    "multiframe": "a multi-frame image and the multi-frame policy is 'reject'",
+    "too_small": "rows or columns below the configured minimum size",
+    "blank": "no contrast after windowing (every output pixel has the same value)",
+    "bad_mask": "a mask file that is not a 0/1, 0/255 or small-label image, or a SEG without segments",
+}
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_EOF_WARNING = "End of file reached before delimiter"
+_MULTIFRAME_POLICIES = ("middle", "first", "reject")
+
+
+class Rejected(Exception):
+    """An input that cannot become a sample; ``reason`` is a key of :data:`REJECT_REASONS`."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        if reason not in REJECT_REASONS:
+            raise ValueError(f"unknown reject reason {reason!r}; add it to REJECT_REASONS")
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+    def __reduce__(self):
+        """Picklable across process pools (the default would call ``Rejected(message)``)."""
+        return (Rejected, (self.reason, self.detail))
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How pixel values become display grey levels.
+
+    ``windows``: modality -> (center, width) used when the file has no VOI (or
+    ``use_file_window`` is False); other modalities without VOI get a percentile (0.5/99.5)
+    min-max of the modality-LUT output. ``multiframe``: "middle" | "first" | "reject".
+    ``full_range_8bit``: images that are already display-ready and have no VOI (colour/palette
+    images, unsigned 8-bit grey without rescale) map their full stored range to 0..255
+    (identity for 8-bit) instead of being percentile-stretched.
+    """
+
+    windows: dict[str, tuple[float, float]] = field(default_factory=lambda: {"CT": (40.0, 400.0)})
+    multiframe: str = "middle"
+    min_size: int = 16
+    use_file_window: bool = True
+    full_range_8bit: bool = True  # display-ready 8-bit data (and colour) keep their stored levels
+
+    def __post_init__(self) -> None:
+        if self.multiframe not in _MULTIFRAME_POLICIES:
+            raise ValueError(f"multiframe must be one of {_MULTIFRAME_POLICIES}, not {self.multiframe!r}")
+        if self.min_size < 1:
+            raise ValueError(f"min_size must be >= 1, not {self.min_size}")
+        for modality, (_, width) in self.windows.items():
+            if not width > 0:
+                raise ValueError(f"window width for {modality} must be > 0, not {width}")
+
+
+@dataclass
+class Decoded:
+    """A decoded key image: uint8 HxW grey, non-identifying ``meta``, and the raw PatientID."""
+
+    image: np.ndarray
+    meta: dict[str, Any]
+    patient_id: str | None
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    rows: int
+    cols: int
+    samples: int
+    bits_allocated: int
+    bits_stored: int
+    frames: int
+    photometric: str
+    signed: bool
+
+
+def _frame_index(frames: int, cfg: DecodeConfig) -> int | None:
+    """Which frame to decode (None: single frame), per the multi-frame policy."""
+    if frames == 1:
+        return None
+    if cfg.multiframe == "reject":
+        raise Rejected("multiframe", f"{frames} frames and the multi-frame policy is 'reject'")
+    return 0 if cfg.multiframe == "first" else frames // 2
+
+
+def _short(exc: Exception) -> str:
+    """An exception message on one bounded line (decoder messages carry no PHI)."""
+    return " | ".join(line.strip() for line in str(exc).splitlines() if line.strip())[:300]
