@@ -37,10 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     from train_step import make_step, timed
 
     from radimagenet.config import load_config
+    from radimagenet.data.loader import Batch
     from radimagenet.eval.explain import gradcam
     from radimagenet.models.factory import create_model
-    from radimagenet.train.config import PretrainConfig
-    from radimagenet.train.engine import Context, build_optimizer, build_scheduler, train_one_epoch
+    from radimagenet.tasks.pretrain import PretrainConfig, PretrainTask
+    from radimagenet.train.context import Context
+    from radimagenet.train.engine import build_optimizer, build_scheduler, train_one_epoch
 
     gpu = torch.cuda.is_available()
     device = torch.device("cuda" if gpu else "cpu")
@@ -70,17 +72,18 @@ def main(argv: list[str] | None = None) -> int:
 
     # the library's loop over pinned host batches (the copy to the device is inside the loop)
     model = fresh()
-    opt = build_optimizer(model, cfg)
-    sched = build_scheduler(opt, cfg, warmup + steps)
-    host = [(images.cpu().pin_memory() if gpu else images.cpu(), labels.cpu()) for _ in range(2)]
+    opt = build_optimizer(model, cfg.train)
+    sched = build_scheduler(opt, cfg.train, warmup + steps)
+    keys = [str(i) for i in range(bs)]
+    host = [Batch(images.cpu().pin_memory() if gpu else images.cpu(), labels.cpu(), keys) for _ in range(2)]
     ctx = Context(device=device)
     logged: list[dict] = []
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
-    train_one_epoch(model, host * (warmup // 2 + 1), opt, sched, loss_fn, ctx, cfg, 0, 0, lambda m, s: None)
+    task = PretrainTask(cfg, {"classes": [str(c) for c in range(args.num_classes)], "image_size": size})
+    train_one_epoch(model, task, host * (warmup // 2 + 1), opt, sched, ctx, cfg.train, 0, 0, lambda m, s: None)
     if gpu:
         torch.cuda.synchronize()
     t = time.perf_counter()
-    _, epoch = train_one_epoch(model, host * (steps // 2), opt, sched, loss_fn, ctx, cfg, 0, 0,
+    _, epoch = train_one_epoch(model, task, host * (steps // 2), opt, sched, ctx, cfg.train, 0, 0,
                                lambda m, s: logged.append(m))
     if gpu:
         torch.cuda.synchronize()

@@ -30,8 +30,7 @@ def build_assets(workdir: str) -> dict[str, str]:
     from radimagenet.config import load_config
     from radimagenet.ingest import IngestConfig, ingest
     from radimagenet.ops.synth import synthesize
-    from radimagenet.train.config import PretrainConfig
-    from radimagenet.train.launch import pretrain
+    from radimagenet.tasks.pretrain import PretrainConfig, pretrain
 
     root, prefix = Path(workdir), f"s3://radimagenet/tests/finetune/{uuid.uuid4().hex[:8]}"
     helpers_shards.ensure_bucket(prefix)
@@ -51,4 +50,4 @@ def build_assets(workdir: str) -> dict[str, str]:
         f"tracking.run_name={name}", f"registry.name={name}", f"checkpoint.storage_path={root / 'ckpt'}"]),
         in_process=True)
     print(f"\n[assets] pretrained {name}: {result.metrics}")
-    return {**uris, "backbone": f"{name}@candidate", "pretrain_val_top1": str(result.metrics["val/top1"])}
+    return {**uris, "backbone": f"{name}@candidate", "pretrain_val_accuracy": str(result.metrics["val/accuracy"])}

@@ -7,29 +7,12 @@ Each verb lives in ``radimagenet.commands.<verb>`` and is imported only when it 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 
 from radimagenet import __version__
+from radimagenet.commands import VERBS, add_verb
 from radimagenet.errors import RadImageNetError
-
-VERBS: dict[str, str] = {
-    "stack": "start, stop and inspect the local stack (S3, MLflow, Ray head)",
-    "synth": "write a synthetic DICOM corpus for tests and demos",
-    "ingest": "decode, de-identify, split and shard key images into WebDataset tars on S3",
-    "dataset": "inspect or verify an ingested dataset",
-    "pretrain": "pretrain a backbone with Ray Train",
-    "registry": "list and promote registered backbones",
-    "finetune": "fine-tune a registered backbone downstream",
-    "compare": "compare initialisations over several seeds",
-    "submit": "submit a command as a Ray job to a cluster",
-    "jobs": "list, follow and stop Ray jobs",
-}
-
-
-def _command_module(verb: str):
-    return importlib.import_module(f"radimagenet.commands.{verb}")
 
 
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
@@ -43,9 +26,7 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     for name, help_text in VERBS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == verb:
-            module = _command_module(name)
-            module.add_arguments(p)
-            p.set_defaults(_run=module.run)
+            add_verb(p, name)
     return parser
 
 

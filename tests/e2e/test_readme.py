@@ -44,4 +44,4 @@ def test_walkthrough_runs_as_written(shell_env, tmp_path):
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-6000:]
     assert "OK: " in r.stdout and "is now @champion" in r.stdout
-    assert "test_auc" in out or "test AUC" in out
+    assert "test AUC" in out

@@ -308,7 +308,7 @@ def test_rayjob_runs_pretraining_on_its_own_cluster(job):
 
 def test_rayjob_overrides_are_valid_pretrain_config(job, monkeypatch):
     config_mod = pytest.importorskip("radimagenet.config")
-    train_config = pytest.importorskip("radimagenet.train.config")
+    train_config = pytest.importorskip("radimagenet.tasks.pretrain")
     argv = shlex.split(job["spec"]["entrypoint"])
     overrides = [
         o.replace("${RADIMAGENET_BUCKET}", "s3://example-bucket/prefix")

@@ -43,7 +43,7 @@ def overrides(data: dict, run_name: str, tmp: Path, **extra) -> list[str]:
 
 def config(*args, **kw):
     from radimagenet.config import load_config
-    from radimagenet.tasks.finetune import FinetuneConfig
+    from radimagenet.tasks.finetune_config import FinetuneConfig
 
     return load_config(FinetuneConfig, None, overrides(*args, **kw))
 
@@ -75,17 +75,17 @@ def test_classification_on_two_ray_workers_with_gradcam(data, tmp_path):
         "scaling.num_workers": 2, "checkpoint.storage_path": "s3://radimagenet/test-checkpoints/finetune",
         "eval.gradcam_samples": 4}))
     m = result.metrics
-    assert 0 <= m["test_auc_ci_low"] <= m["test_auc"] <= m["test_auc_ci_high"] <= 1, m
-    for key in ("test_accuracy", "test_sensitivity", "test_specificity", "test_threshold",
-                "test_gradcam_energy_on_lesion", "test_gradcam_pointing_game", "test_gradcam_lesion_area_fraction"):
+    assert 0 <= m["test/auc_ci_low"] <= m["test/auc"] <= m["test/auc_ci_high"] <= 1, m
+    for key in ("test/accuracy", "test/sensitivity", "test/specificity", "test/threshold",
+                "test/gradcam_energy_on_lesion", "test/gradcam_pointing_game", "test/gradcam_lesion_area_fraction"):
         assert key in m and np.isfinite(m[key]), key
     assert 1 <= m["best_epoch"] <= 2
 
     [run] = runs_named(run_name)
     assert run.info.status == "FINISHED" and run.info.run_id == result.run_id
-    assert {"test_auc", "test_auc_ci_low", "test_gradcam_pointing_game", "val/loss", "train/epoch_loss"} <= set(
+    assert {"test/auc", "test/auc_ci_low", "test/gradcam_pointing_game", "val/loss", "train/epoch_loss"} <= set(
         run.data.metrics)
-    assert run.data.metrics["val/samples"] > 0  # gathered across both ranks: every val sample once
+    assert run.data.metrics["val/n_images"] > 0  # gathered across both ranks: every val sample once
     name, version = result.backbone.split("/")
     tags, params = run.data.tags, run.data.params
     assert tags["radimagenet.backbone_version"] == version and tags["radimagenet.backbone_name"] == name
@@ -106,9 +106,9 @@ def test_segmentation_unet_on_the_registered_encoder(data, tmp_path):
     result = finetune(config(data, run_name, tmp_path, task="segmentation", **{
         "train.epochs": 1, "train.batch_size": 16, "eval.overlay_samples": 3}), in_process=True)
     m = result.metrics
-    assert 0 <= m["test_dice"] <= 1 and m["test_n"] > 0 and "test_dice_lesion" in m, m
+    assert 0 <= m["test/dice"] <= 1 and m["test/n_images"] > 0 and "test/dice_lesion" in m, m
     [run] = runs_named(run_name)
-    assert "test_dice" in run.data.metrics and run.data.tags["radimagenet.task"] == "segmentation"
+    assert "test/dice" in run.data.metrics and run.data.tags["radimagenet.task"] == "segmentation"
     files = artifacts(result.run_id)
     assert len([f for f in files if f.startswith("overlays/segmentation_")]) == 3, files
     print(f"\n[segmentation] {m}")
@@ -140,11 +140,11 @@ def test_compare_pretrained_backbone_against_scratch(data, tmp_path, capsys):
     pm = parent.data.metrics
     pre, scratch = data["backbone"].replace("@", "-"), "scratch"
     for init in (pre, scratch):
-        assert 0 <= pm[f"{init}/test_auc_mean"] <= 1
+        assert 0 <= pm[f"{init}/test/auc_mean"] <= 1
     assert 0 <= pm[f"{scratch}/p_delong"] <= 1 and 0 <= pm[f"{scratch}/p_ttest"] <= 1
-    delta = pm[f"{pre}/test_auc_mean"] - pm[f"{scratch}/test_auc_mean"]
-    print(f"\n[compare] pretrained {pm[f'{pre}/test_auc_mean']:.4f} ± {pm[f'{pre}/test_auc_sd']:.4f}, "
-          f"scratch {pm[f'{scratch}/test_auc_mean']:.4f} ± {pm[f'{scratch}/test_auc_sd']:.4f}, "
+    delta = pm[f"{pre}/test/auc_mean"] - pm[f"{scratch}/test/auc_mean"]
+    print(f"\n[compare] pretrained {pm[f'{pre}/test/auc_mean']:.4f} ± {pm[f'{pre}/test/auc_sd']:.4f}, "
+          f"scratch {pm[f'{scratch}/test/auc_mean']:.4f} ± {pm[f'{scratch}/test/auc_sd']:.4f}, "
           f"delta {delta:+.4f}\n{out}")
     # The synthetic pretraining corpus holds focal liver lesions among its 11 classes (as RadImageNet's
     # CT abdomen labels hold liver findings); the downstream task is a new cohort. Measured on 2 CPU

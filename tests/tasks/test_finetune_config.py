@@ -9,23 +9,20 @@ import pytest
 
 from radimagenet.config import from_dict, load_config, to_dict
 from radimagenet.errors import ConfigError
-from radimagenet.tasks.finetune import (
+from radimagenet.models.factory import imagenet_weights_file
+from radimagenet.models.freeze import apply_freeze, set_train_mode
+from radimagenet.tasks.classify import macro_sensitivity_specificity
+from radimagenet.tasks.downstream import build_classifier, read_predictions, write_predictions
+from radimagenet.tasks.finetune import build_task
+from radimagenet.tasks.finetune_config import (
     FinetuneConfig,
-    SplitOutput,
     TaskSpec,
-    apply_freeze,
-    build_classifier,
-    build_model,
     check_task,
-    imagenet_weights_file,
-    macro_sensitivity_specificity,
     positive_index,
-    read_predictions,
     resolve,
-    set_train_mode,
     validate,
-    write_predictions,
 )
+from radimagenet.train.engine import Outputs
 
 PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"
 
@@ -46,6 +43,7 @@ def cfg(*overrides: str) -> FinetuneConfig:
 def test_defaults_follow_the_paper():
     c = FinetuneConfig()
     assert (c.train.optimizer, c.train.lr, c.model.drop_rate, c.train.freeze) == ("adam", 1e-4, 0.5, "none")
+    assert (c.train.schedule, c.train.warmup_epochs, c.train.label_smoothing) == ("constant", 0.0, 0.0)
     assert c.task == "classification" and c.init == "backbone" and c.data.image_size is None
     assert from_dict(FinetuneConfig, to_dict(c)) == c
 
@@ -138,9 +136,13 @@ def test_segmentation_model_from_scratch():
     import torch
 
     c = resolve(cfg("backbone=", "init=scratch", "model.arch=resnet10t", "task=segmentation"), manifest())
-    unet, record = build_model(c, manifest(), check_task(c, manifest()))
+    task = build_task(c, manifest())
+    unet, record = task.build_model()
+    assert task.name == "segmentation" and task.select_metric == "val/loss"
     assert unet(torch.zeros(1, 3, 64, 64)).shape == (1, 1, 64, 64)
     counts = apply_freeze(unet, "all")
+    loss = task.loss(unet(torch.zeros(2, 3, 64, 64)), type("B", (), {"masks": torch.zeros(2, 1, 64, 64)})())
+    assert loss.ndim == 0 and torch.isfinite(loss)
     assert counts["trainable"] == sum(p.numel() for p in list(unet.decoder.parameters())
                                       + list(unet.segmentation_head.parameters()))
 
@@ -169,17 +171,17 @@ def test_imagenet_weights_come_from_a_local_file_only(tmp_path, monkeypatch):
 def test_macro_sensitivity_specificity():
     cm = np.array([[8, 2, 0], [1, 9, 0], [0, 0, 0]])  # class 2 absent
     out = macro_sensitivity_specificity(cm)
-    assert out["test_sensitivity"] == pytest.approx((0.8 + 0.9) / 2)
-    assert out["test_specificity"] == pytest.approx((9 / 10 + 8 / 10) / 2)
+    assert out["test/sensitivity"] == pytest.approx((0.8 + 0.9) / 2)
+    assert out["test/specificity"] == pytest.approx((9 / 10 + 8 / 10) / 2)
 
 
 def test_predictions_round_trip(tmp_path):
-    out = SplitOutput(["a", "b"], np.array([0, 1]), np.array([[0.25, 0.75], [0.1, 0.9]]), 0.5, {})
+    out = Outputs(["a", "b"], {"label": np.array([0, 1]), "probs": np.array([[0.25, 0.75], [0.1, 0.9]])})
     spec = TaskSpec("classification", "binary", ("x", "y"), 1)
     path = tmp_path / "p.csv"
     write_predictions(out, spec, str(path))
     keys, labels, probs = read_predictions(path.read_text())
-    assert keys == ["a", "b"] and labels.tolist() == [0, 1] and np.array_equal(probs, out.outputs)
+    assert keys == ["a", "b"] and labels.tolist() == [0, 1] and np.array_equal(probs, out.arrays["probs"])
 
 
 def test_compare_initialisations():

@@ -75,7 +75,7 @@ def overrides(manifest: str, run_name: str, **extra) -> list[str]:
 
 def config(manifest: str, run_name: str, **extra):
     from radimagenet.config import load_config
-    from radimagenet.train.config import PretrainConfig
+    from radimagenet.tasks.pretrain import PretrainConfig
 
     return load_config(PretrainConfig, None, overrides(manifest, run_name, **extra))
 
@@ -100,7 +100,7 @@ def test_two_workers_learn_survive_a_killed_worker_and_register(manifest_uri, tm
     from mlflow.tracking import MlflowClient
 
     from radimagenet.models import registry as backbones
-    from radimagenet.train.launch import pretrain
+    from radimagenet.tasks.pretrain import pretrain
 
     run_name = f"kill-{uuid.uuid4().hex[:6]}"
     marker = tmp_path / "killed"
@@ -111,8 +111,8 @@ def test_two_workers_learn_survive_a_killed_worker_and_register(manifest_uri, tm
     result = pretrain(config(manifest_uri, run_name))
 
     assert marker.exists(), "the fault hook did not fire"
-    assert result.metrics["val/top1"] > 0.6, result.metrics  # chance is 0.25
-    assert result.metrics["val/auc_macro"] > 0.8, result.metrics
+    assert result.metrics["val/accuracy"] > 0.6, result.metrics  # chance is 0.25
+    assert result.metrics["val/auc"] > 0.8, result.metrics
     assert result.metrics["epoch"] == 3
     runs = runs_named(run_name)
     assert [r.info.run_id for r in runs] == [result.run_id]
@@ -120,7 +120,7 @@ def test_two_workers_learn_survive_a_killed_worker_and_register(manifest_uri, tm
     assert run.info.status == "FINISHED"
     resumed = metric_history(result.run_id, "train/resumed_from_epoch")
     assert resumed in ([1.0], [2.0]), resumed  # restarted from a checkpoint, not from scratch
-    assert {"val/acc_CT", "val/acc_MR", "val/top5", "train/images_per_s"} <= set(run.data.metrics)
+    assert {"val/accuracy_CT", "val/accuracy_MR", "val/top5", "train/images_per_s"} <= set(run.data.metrics)
     assert run.data.params["model.arch"] == ARCH and run.data.params["train.epochs"] == "3"
     assert run.data.tags["radimagenet.dataset_digest"].startswith("sha256:")
     assert run.inputs.dataset_inputs, "dataset not logged as an input"
@@ -130,7 +130,7 @@ def test_two_workers_learn_survive_a_killed_worker_and_register(manifest_uri, tm
     assert result.version == "1"
     mv = MlflowClient().get_model_version_by_alias(result.registry_name, "candidate")
     assert mv.version == "1" and mv.tags["arch"] == ARCH and mv.tags["input_size"] == "3x32x32"
-    assert float(mv.tags["val/top1"]) > 0.6
+    assert float(mv.tags["val/accuracy"]) > 0.6
     import glob
     import tempfile
 
@@ -140,7 +140,7 @@ def test_two_workers_learn_survive_a_killed_worker_and_register(manifest_uri, tm
     assert set(glob.glob(os.path.join(tempfile.gettempdir(), "radimagenet-backbone-*"))) == downloads
     assert record.arch == ARCH and record.num_classes == NUM_CLASSES and len(record.classes) == NUM_CLASSES
     assert record.dataset_digest == run.data.tags["radimagenet.dataset_digest"]
-    assert record.metrics["val/top1"] == pytest.approx(result.metrics["val/top1"])
+    assert record.metrics["val/accuracy"] == pytest.approx(result.metrics["val/accuracy"])
     import torch
 
     out = model(torch.zeros(2, 3, 32, 32))
@@ -167,7 +167,7 @@ def test_two_workers_learn_survive_a_killed_worker_and_register(manifest_uri, tm
 
 
 def test_stop_and_resubmit_resumes(manifest_uri, tmp_path):
-    from radimagenet.train.launch import pretrain
+    from radimagenet.tasks.pretrain import pretrain
 
     run_name = f"stop-{uuid.uuid4().hex[:6]}"
     # Ray Train lists reported checkpoints in this snapshot: a resubmission resumes from what it holds
@@ -203,7 +203,7 @@ def test_stop_and_resubmit_resumes(manifest_uri, tmp_path):
 
 def test_too_few_shards_is_a_clear_error_before_training(stack_env):
     from radimagenet.errors import ConfigError
-    from radimagenet.train.launch import pretrain
+    from radimagenet.tasks.pretrain import pretrain
 
     manifest = write_dataset("fewshards", train=128, val=64, shard=64)  # 2 train shards
     run_name = f"few-{uuid.uuid4().hex[:6]}"
@@ -215,7 +215,7 @@ def test_too_few_shards_is_a_clear_error_before_training(stack_env):
 def test_unreachable_s3_or_mlflow_fails_fast_and_writes_nothing(manifest_uri, monkeypatch):
     from radimagenet.errors import StorageError
     from radimagenet.io.tracking import TrackingError
-    from radimagenet.train.launch import pretrain
+    from radimagenet.tasks.pretrain import pretrain
 
     run_name = f"down-{uuid.uuid4().hex[:6]}"
     with monkeypatch.context() as m:
@@ -235,7 +235,7 @@ def test_unreachable_s3_or_mlflow_fails_fast_and_writes_nothing(manifest_uri, mo
 
 
 def test_in_process_run_for_notebooks(manifest_uri, tmp_path):
-    from radimagenet.train.launch import pretrain
+    from radimagenet.tasks.pretrain import pretrain
 
     run_name = f"inproc-{uuid.uuid4().hex[:6]}"
     result = pretrain(config(manifest_uri, run_name, **{

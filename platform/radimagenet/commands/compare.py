@@ -6,6 +6,11 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from radimagenet.commands._training import keys_epilog
+    from radimagenet.tasks.finetune_config import FinetuneConfig
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = keys_epilog(FinetuneConfig)
     parser.add_argument("--backbones", nargs="+", required=True, metavar="INIT",
                         help="initialisations: registry references (NAME@alias, NAME/VERSION), scratch, imagenet")
     parser.add_argument("--data", required=True, help="dataset made by `radimagenet ingest` (s3://BUCKET/PREFIX)")

@@ -17,13 +17,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from radimagenet.dataset import inspect as dataset
+    from radimagenet.dataset.format import load_manifest
+    from radimagenet.dataset.inspect import summary
+    from radimagenet.dataset.verify import verify
 
-    manifest = dataset.load_manifest(args.uri)
+    manifest = load_manifest(args.uri)
     if args.action == "inspect":
-        print(json.dumps(manifest, indent=2) if args.json else dataset.summary(manifest))
+        print(json.dumps(manifest, indent=2) if args.json else summary(manifest))
         return 0
-    problems = dataset.verify(manifest)
+    problems = verify(manifest)
     shards = sum(len(s["shards"]) for s in manifest["splits"].values())
     if problems:
         print("\n".join(problems))

@@ -35,10 +35,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.name} version {version} is now @{args.alias}")
         return 0
     rows = tracking.list_backbones(uri, args.name)
-    header = ("NAME", "VERSION", "ALIASES", "ARCH", "DATASET", "TOP-1", "AUC")
+    header = ("NAME", "VERSION", "ALIASES", "ARCH", "DATASET", "VAL ACC", "VAL AUC")
     table = [header] + [
         (r["name"], r["version"], ",".join(r["aliases"]) or "-", r["arch"] or "-",
-         (r["dataset_digest"] or "-")[:19], _fmt(r["top1"]), _fmt(r["auc"]))
+         (r["dataset_digest"] or "-")[:19], _fmt(r["accuracy"]), _fmt(r["auc"]))
         for r in rows
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]

@@ -87,12 +87,20 @@ def split_args(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def parse_command(verb: str, args: list[str]) -> argparse.Namespace:
+    """``radimagenet VERB ARGS`` parsed by the verb's own parser (argparse errors exit): what
+    :mod:`radimagenet.ops.jobs` checks a submission's arguments and finds its resume key with."""
+    from radimagenet.commands import parse
+
+    return parse(verb, args)
+
+
 def run(args: argparse.Namespace) -> int:
     from radimagenet.ops import jobs
 
     args = split_args(args)
-    sub = jobs.submit(args.command, list(args.args), args.address, name=args.name, num_cpus=args.num_cpus,
-                      num_gpus=args.num_gpus, ship_credentials=args.ship_credentials)
+    sub = jobs.submit(args.command, list(args.args), args.address, parse=parse_command, name=args.name,
+                      num_cpus=args.num_cpus, num_gpus=args.num_gpus, ship_credentials=args.ship_credentials)
     for warning in sub.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if sub.skipped:

@@ -1,0 +1,15 @@
+"""Models: the record that travels with them (:mod:`.record`), timm creation (:mod:`.factory`),
+safetensors weights (:mod:`.weights`), freezing (:mod:`.freeze`), the registry API (:mod:`.registry`)
+and the U-Net (:mod:`.unet`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def preprocess(images: Any, record: Any) -> Any:
+    """Grey images -> the normalised batch a model with ``record`` expects: the evaluation loader's own
+    code path, :func:`radimagenet.data.transforms.preprocess` (kept here for notebooks)."""
+    from radimagenet.data.transforms import preprocess as transform
+
+    return transform(images, record)

@@ -2,7 +2,7 @@
 
     from radimagenet.models import registry as backbones
     model, record = backbones.load("radimagenet-resnet50@champion", num_classes=2)
-    x = radimagenet.models.factory.preprocess(grey_uint8_images, record)   # what the backbone expects
+    x = radimagenet.data.transforms.preprocess(grey_uint8_images, record)  # what the backbone expects
     backbones.list()                                                # every registered version
 
 References: ``NAME@alias``, ``NAME/VERSION`` or ``NAME`` (the latest version). The weights are
@@ -16,7 +16,8 @@ import tempfile
 from typing import Any
 
 from radimagenet.io import tracking
-from radimagenet.models.factory import BackboneRecord, attach_record, create_model
+from radimagenet.models.factory import create_model
+from radimagenet.models.record import BackboneRecord, attach_record
 
 
 def load(ref: str, num_classes: int | None = None, *, tracking_uri: str = "", drop_rate: float = 0.0) -> tuple[Any, BackboneRecord]:
@@ -41,7 +42,7 @@ def load_dir(directory: str, drop_rate: float = 0.0) -> tuple[BackboneRecord, An
     """A backbone from a local directory holding ``backbone.json`` and ``model.safetensors``."""
     import json
 
-    from radimagenet.train.checkpoint import MODEL_FILE, load_weights
+    from radimagenet.models.weights import MODEL_FILE, load_weights
 
     record_path = os.path.join(directory, tracking.RECORD_FILE)
     if not os.path.isfile(record_path):
@@ -54,7 +55,7 @@ def load_dir(directory: str, drop_rate: float = 0.0) -> tuple[BackboneRecord, An
 
 
 def list(name: str | None = None, *, tracking_uri: str = "") -> list[dict[str, Any]]:  # noqa: A001
-    """Every registered backbone version as dicts (name, version, aliases, arch, digest, top1, auc)."""
+    """Every registered backbone version as dicts (name, version, aliases, arch, digest, accuracy, auc)."""
     uri = tracking.tracking_uri(tracking_uri)
     tracking.check_reachable(uri)
     return tracking.list_backbones(uri, name)

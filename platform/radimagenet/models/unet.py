@@ -1,10 +1,10 @@
-"""Segmentation downstream: a U-Net on a (registered, pretrained) timm backbone, Dice metric and losses.
+"""A U-Net on a (registered, pretrained) timm backbone, for downstream segmentation.
 
     backbone, record = radimagenet.models.registry.load("radimagenet-resnet50", num_classes=2)
     unet = create_unet(backbone, num_classes=1)            # encoder weights copied, report kept
     unet.encoder_load_report                               # {"matched": 318, "total": 318, ...}
-    loss = bce_dice_loss(unet(x), y)
-    dice_score(unet(x), y, from_logits=True)               # mean per-image Dice
+    loss = radimagenet.tasks.segment.bce_dice_loss(unet(x), y)
+    radimagenet.eval.dice.dice_score(unet(x), y, from_logits=True)   # mean per-image Dice
 
 The U-Net is segmentation-models-pytorch's ``Unet`` with a ``tu-<timm name>`` encoder (a timm model
 built with ``features_only=True``, no download: ``encoder_weights=None``). ``load_encoder_weights``
@@ -17,13 +17,9 @@ input channels by timm's ``adapt_input_conv``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from radimagenet.errors import ConfigError
-from radimagenet.eval.metrics import as_grey_uint8, mask_contour, rgb_png
 
 if TYPE_CHECKING:
     import torch
@@ -155,106 +151,3 @@ def load_encoder_weights(
         "shape_mismatch": mismatch,
         "unused": sorted(set(source) - used),
     }
-
-
-# ------------------------------------------------------------------------------------------ Dice
-
-
-def _binarise(pred: torch.Tensor, threshold: float, from_logits: bool | None) -> torch.Tensor:
-    """Boolean mask from a mask, probabilities or logits (see ``dice_score``)."""
-    import torch
-
-    if pred.dtype == torch.bool or not pred.is_floating_point():
-        return pred > 0
-    if from_logits is None:
-        binary = bool(((pred == 0) | (pred == 1)).all())
-        from_logits = not binary and bool((pred < 0).any() or (pred > 1).any())
-    return (torch.sigmoid(pred) if from_logits else pred) >= threshold
-
-
-def dice_per_image(
-    pred: torch.Tensor, target: torch.Tensor, threshold: float = 0.5, *, from_logits: bool | None = None
-) -> torch.Tensor:
-    """Dice of each image [B] (all non-batch dims pooled); 1.0 where prediction and truth are both empty."""
-    import torch
-
-    if pred.shape != target.shape:
-        raise ConfigError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
-    if pred.ndim < 2:
-        raise ConfigError("pred and target need a batch dimension: [B, ...]")
-    p = _binarise(pred.detach(), threshold, from_logits).flatten(1).float()
-    t = (target.detach() > 0.5).flatten(1).float()
-    inter, total = (p * t).sum(1), p.sum(1) + t.sum(1)
-    return torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total))
-
-
-def dice_score(
-    pred: torch.Tensor,
-    target: torch.Tensor,
-    threshold: float = 0.5,
-    *,
-    from_logits: bool | None = None,
-    reduction: str = "mean",
-) -> float:
-    """Dice of a predicted mask against ``target`` (binary, [B, ...]); ``reduction`` "mean" or "global".
-
-    ``pred`` is a bool/int mask, probabilities (thresholded at ``threshold``) or logits (sigmoid first).
-    ``from_logits=None`` guesses: float values all 0/1 are a mask, values outside [0, 1] are logits,
-    others probabilities; pass it explicitly in training code. "mean" averages per-image Dice (empty
-    vs empty counts 1.0); "global" pools all pixels of the batch: 2|P∩T| / (|P| + |T|).
-    """
-    if reduction == "mean":
-        return float(dice_per_image(pred, target, threshold, from_logits=from_logits).mean())
-    if reduction != "global":
-        raise ConfigError(f"reduction must be 'mean' or 'global', got {reduction!r}")
-    if pred.shape != target.shape:
-        raise ConfigError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
-    p = _binarise(pred.detach(), threshold, from_logits).float()
-    t = (target.detach() > 0.5).float()
-    total = float(p.sum() + t.sum())
-    return 1.0 if total == 0 else float(2 * (p * t).sum() / total)
-
-
-def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """Soft Dice loss on sigmoid(logits): mean over images of 1 - (2 Σpt + s) / (Σp + Σt + s)."""
-    if logits.shape != target.shape:
-        raise ConfigError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} differ in shape")
-    p = logits.sigmoid().flatten(1)
-    t = target.to(p.dtype).flatten(1)
-    return (1 - (2 * (p * t).sum(1) + smooth) / (p.sum(1) + t.sum(1) + smooth)).mean()
-
-
-def bce_dice_loss(
-    logits: torch.Tensor, target: torch.Tensor, bce_weight: float = 0.5, smooth: float = 1.0
-) -> torch.Tensor:
-    """``bce_weight * BCE-with-logits + (1 - bce_weight) * soft Dice``."""
-    import torch.nn.functional as F
-
-    if not 0.0 <= bce_weight <= 1.0:
-        raise ConfigError(f"bce_weight must be in [0, 1], got {bce_weight}")
-    bce = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype))
-    return bce_weight * bce + (1 - bce_weight) * dice_loss(logits, target, smooth)
-
-
-def prediction_overlay_png(
-    image: Any, pred_mask: Any, true_mask: Any, path: str | Path | None = None, *, scale: int = 1
-) -> bytes:
-    """PNG of the grey image with the predicted mask tinted red and outlined, the true mask outlined green.
-
-    Where they overlap the tint shows through the green outline: red fill alone is a false positive,
-    a green outline around no tint a false negative.
-    """
-    grey = as_grey_uint8(image)
-    masks = []
-    for name, m in (("pred_mask", pred_mask), ("true_mask", true_mask)):
-        a = np.asarray(m.detach().cpu().numpy() if hasattr(m, "detach") else m).squeeze() > 0
-        if a.shape != grey.shape:
-            raise ConfigError(f"{name} {a.shape} and image {grey.shape} differ in shape")
-        masks.append(a)
-    pred, true = masks
-    rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float64)
-    rgb[pred] = 0.6 * rgb[pred] + 0.4 * np.array([255.0, 0.0, 0.0])
-    rgb = rgb.round().astype(np.uint8)
-    rgb[mask_contour(pred)] = (255, 0, 0)
-    rgb[mask_contour(true)] = (0, 255, 0)
-    return rgb_png(rgb, path, scale=scale)

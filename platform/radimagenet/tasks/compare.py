@@ -10,7 +10,7 @@ tests are paired: a paired t-test over seeds on the test AUCs (training variabil
 tasks, DeLong's test on the per-sample test scores of each seed pair (test-set variability), combined
 conservatively across seeds (see :mod:`radimagenet.eval.stats`). The parent run holds the table as Markdown
 and CSV (``compare/table.md``, ``compare/table.csv``, ``compare/pairwise.csv``, ``compare/runs.csv``)
-and ``<init>/test_auc_mean``/``_sd`` metrics.
+and ``<init>/test/auc_mean``, ``/test/auc_sd``, ``/test/auc_delta``, ``/p_ttest``, ``/p_delong`` metrics.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class CompareResult:
 def child_configs(inits: list[str], data: str, seeds: list[int], config_path: str | None,
                   overrides: list[str], run_name: str) -> dict[str, list[Any]]:
     """The validated FinetuneConfig of every (init, seed), built before anything runs."""
-    from radimagenet.tasks.finetune import FinetuneConfig, validate
+    from radimagenet.tasks.finetune_config import FinetuneConfig, validate
 
     if len(set(inits)) != len(inits) or len(inits) < 2:
         raise ConfigError(f"compare needs at least 2 distinct initialisations, got {inits}")
@@ -117,12 +117,13 @@ def compare(inits: list[str], data: str, *, seeds: int = 3, config_path: str | N
 def _run_child(cfg: Any, init: str, parent: str, uri: str, in_process: bool) -> dict[str, Any]:
     """One nested fine-tuning run; returns its metrics and per-sample test predictions."""
     from radimagenet.tasks import finetune as ft
+    from radimagenet.tasks.downstream import PREDICTIONS_FILE, read_predictions
 
     cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, parent_run_id=parent))
     res = ft.finetune(cfg, in_process=in_process)
-    keys, labels, probs = ft.read_predictions(ft.download_text(uri, res.run_id, ft.PREDICTIONS_FILE))
+    keys, labels, probs = read_predictions(tracking.download_text(uri, res.run_id, PREDICTIONS_FILE))
     return {"init": init, "seed": cfg.train.seed, "run_id": res.run_id, "run_name": res.run_name,
-            "backbone": res.backbone, "test_auc": float(res.metrics.get("test_auc", math.nan)),
+            "backbone": res.backbone, "test_auc": float(res.metrics.get("test/auc", math.nan)),
             "metrics": res.metrics, "keys": keys, "labels": labels, "probs": probs}
 
 
@@ -181,13 +182,13 @@ def _log_parent(uri: str, parent: str, result: CompareResult) -> None:
                         os.path.join(tmp, "runs.csv"))
         with open(os.path.join(tmp, "table.md"), "w") as f:
             f.write(result.markdown)
-        tracking.client(uri).log_artifacts(parent, tmp, "compare")
+        tracking.log_artifacts(uri, parent, tmp, "compare")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     metrics: dict[str, float] = {}
     for row in result.table:
         s = slug(row["init"])
-        metrics |= {f"{s}/test_auc_mean": row["auc_mean"], f"{s}/test_auc_sd": row["auc_sd"],
-                    f"{s}/delta_test_auc": row["delta"], f"{s}/p_ttest": row["p_ttest"],
+        metrics |= {f"{s}/test/auc_mean": row["auc_mean"], f"{s}/test/auc_sd": row["auc_sd"],
+                    f"{s}/test/auc_delta": row["delta"], f"{s}/p_ttest": row["p_ttest"],
                     f"{s}/p_delong": row["p_delong"]}
     tracking.log_metrics(uri, parent, metrics, 0)

@@ -1,8 +1,5 @@
-"""Pretraining: typed config, the per-worker loop, checkpoints, metrics and the Ray Train launcher.
-
-    from radimagenet.train.config import PretrainConfig
-    from radimagenet.train.launch import pretrain
-    result = pretrain(load_config(PretrainConfig, "pipelines/demo-pretrain.yaml"))
+"""The training engine every task runs through: shared config sections, the loop (:mod:`.engine`),
+where it runs (:mod:`.context`), checkpoints, and the driver side (:mod:`.launch`: MLflow run, Ray Train).
 
 Nothing heavy is imported here; each submodule imports torch/ray/mlflow where it needs them.
 """

@@ -1,98 +1,70 @@
 """Training checkpoints: one directory, no pickle for the weights.
 
     <dir>/model.safetensors   the unwrapped model's state dict (safetensors: loadable without pickle)
+    <dir>/best.safetensors    the weights of the best epoch so far (tasks that select one)
     <dir>/train_state.pt      optimizer + scheduler state (tensors and plain containers only;
                               read back with ``torch.load(weights_only=True)``)
-    <dir>/state.json          epoch (completed), step, resolved config, dataset digest, MLflow run id,
-                              backbone record, the epoch's metrics
+    <dir>/state.json          written last: epoch (completed), step, resolved config, dataset digest,
+                              MLflow run id, model record, the epoch's metrics, the best epoch
 
-Ray Train uploads the directory to ``storage_path/run_name/checkpoint_*`` (see ``launch.py``).
+A checkpoint goes to ``storage_path/run_name/checkpoint_epoch-NNNNNN``: through Ray Train's report on
+a cluster, through :func:`fs_reporter` in-process. A directory without ``state.json`` is incomplete
+and ignored.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from typing import Any
 
-MODEL_FILE = "model.safetensors"
+from radimagenet.errors import ConfigError
+from radimagenet.models.weights import MODEL_FILE, load_state, load_weights, save_state, save_weights
+
+BEST_FILE = "best.safetensors"
 TRAIN_STATE_FILE = "train_state.pt"
 STATE_FILE = "state.json"
+PREFIX = "checkpoint_epoch-"
 
 
-def unwrap(model: Any) -> Any:
-    """The plain module under DDP and/or torch.compile wrappers."""
-    model = getattr(model, "_orig_mod", model)
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
+def name(epoch: int) -> str:
+    """The directory name of the checkpoint written after ``epoch`` (0-based)."""
+    return f"{PREFIX}{epoch:06d}"
 
 
-def save_weights(path: str, model: Any, metadata: dict[str, str] | None = None) -> None:
-    """The model's state dict as safetensors (tensors made contiguous, shared storage cloned)."""
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in unwrap(model).state_dict().items()}
-    save_file(state, path, metadata=metadata)
-
-
-def load_weights(path: str, model: Any, strict: bool = True) -> Any:
-    """Load safetensors weights into ``model`` (no pickle involved); returns the load result."""
-    from safetensors.torch import load_file
-
-    return unwrap(model).load_state_dict(load_file(path, device="cpu"), strict=strict)
-
-
-def save(
-    directory: str,
-    *,
-    model: Any,
-    optimizer: Any,
-    scheduler: Any,
-    epoch: int,
-    step: int,
-    config: dict[str, Any],
-    dataset_digest: str,
-    run_id: str,
-    record: dict[str, Any],
-    metrics: dict[str, float],
-) -> str:
-    """Write a checkpoint for the state *after* ``epoch`` (0-based) into ``directory``."""
+def save(directory: str, *, model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any],
+         best_weights: dict[str, Any] | None = None) -> str:
+    """Write a checkpoint into ``directory``: weights, optimizer/scheduler, then ``state.json``
+    (``state`` holds epoch, step, config, dataset_digest, mlflow_run_id, record, metrics, best)."""
     import torch
 
     os.makedirs(directory, exist_ok=True)
-    save_weights(os.path.join(directory, MODEL_FILE), model, {"arch": record.get("arch", "")})
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-        os.path.join(directory, TRAIN_STATE_FILE),
-    )
-    state = {
-        "epoch": epoch,
-        "step": step,
-        "config": config,
-        "dataset_digest": dataset_digest,
-        "mlflow_run_id": run_id,
-        "record": record,
-        "metrics": {k: float(v) for k, v in metrics.items()},
-    }
+    save_weights(os.path.join(directory, MODEL_FILE), model, {"arch": str(state.get("record", {}).get("arch", ""))})
+    if best_weights is not None:
+        save_state(os.path.join(directory, BEST_FILE), best_weights)
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+               os.path.join(directory, TRAIN_STATE_FILE))
     with open(os.path.join(directory, STATE_FILE), "w") as f:
         json.dump(state, f, indent=2)
     return directory
 
 
 def read_state(directory: str) -> dict[str, Any]:
+    """The checkpoint's ``state.json``."""
     with open(os.path.join(directory, STATE_FILE)) as f:
         return json.load(f)
 
 
 def load(directory: str, *, model: Any, optimizer: Any = None, scheduler: Any = None,
-         dataset_digest: str | None = None) -> dict[str, Any]:
-    """Restore model (and optimizer/scheduler when given) from ``directory``; returns ``state.json``.
-
-    Refuses a checkpoint of another dataset: resuming on different data is never what was meant.
-    """
+         dataset_digest: str | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Restore model (and optimizer/scheduler when given) from ``directory``; returns ``(state.json,
+    best weights or None)``. Refuses a checkpoint of another dataset: resuming on different data is
+    never what was meant."""
     import torch
-
-    from radimagenet.errors import ConfigError
 
     state = read_state(directory)
     if dataset_digest is not None and state.get("dataset_digest") != dataset_digest:
@@ -107,4 +79,53 @@ def load(directory: str, *, model: Any, optimizer: Any = None, scheduler: Any = 
             optimizer.load_state_dict(train_state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(train_state["scheduler"])
-    return state
+    best_path = os.path.join(directory, BEST_FILE)
+    return state, (load_state(best_path) if os.path.exists(best_path) else None)
+
+
+# ----------------------------------------------------------------- checkpoints on a filesystem
+
+
+def list_checkpoints(fs: Any, root: str) -> list[str]:
+    """The complete checkpoints under ``root`` (a pyarrow filesystem path), oldest first."""
+    import pyarrow.fs as pafs
+
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    names = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith(PREFIX))
+    return [f"{root}/{n}" for n in names if fs.get_file_info(f"{root}/{n}/{STATE_FILE}").is_file]
+
+
+def fs_reporter(fs: Any, root: str, keep: int) -> Callable[[dict, str | None, str], None]:
+    """``report(metrics, directory, name)`` that copies a checkpoint directory to ``root/name``
+    (``state.json`` last) and keeps the newest ``keep``; what an in-process run uses instead of Ray's."""
+    import pyarrow.fs as pafs
+
+    def report(metrics: dict, directory: str | None, name: str) -> None:
+        if directory is None:
+            return
+        target = f"{root}/{name}"
+        fs.create_dir(target, recursive=True)
+        for fname in sorted(os.listdir(directory), key=lambda n: n == STATE_FILE):
+            pafs.copy_files(os.path.join(directory, fname), f"{target}/{fname}",
+                            source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+        for old in list_checkpoints(fs, root)[:-keep]:
+            fs.delete_dir(old)
+
+    return report
+
+
+@contextlib.contextmanager
+def fs_latest(fs: Any, root: str) -> Iterator[str | None]:
+    """The newest complete checkpoint under ``root`` as a local directory (deleted afterwards), or None."""
+    import pyarrow.fs as pafs
+
+    found = list_checkpoints(fs, root)
+    if not found:
+        yield None
+        return
+    tmp = tempfile.mkdtemp(prefix="radimagenet-restore-")
+    try:
+        pafs.copy_files(found[-1], tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,11 +1,14 @@
-"""The per-worker pretraining loop: one function that runs under Ray Train or in-process.
+"""The one training loop: every task (pretraining, classification, segmentation) runs through :func:`fit`.
 
-    metrics = train_loop(to_dict(cfg))                      # in-process: rank 0 of 1, no Ray
-    TorchTrainer(ray_train_fn, train_loop_config=to_dict(cfg), ...)   # each Ray Train worker
+    metrics = fit(task, cfg, config, manifest, ctx)     # in a Ray Train worker, a test or a notebook
 
-The loop only sees a :class:`Context` (rank, world size, device, how to wrap the model for DDP, how to
-report metrics + a checkpoint, where the latest checkpoint is), so it does not care which of the two
-runs it. Checkpointing, logging and evaluation are calls; the loop reads top to bottom.
+A :class:`Task` says what differs between tasks (model, loss, per-sample evaluation outputs, metrics,
+the artifacts after training); the engine does the rest once: device placement (channels_last and
+bf16 autocast on GPU), DDP wrapping, ``torch.compile``, the optimizer (no weight decay on biases and
+norms), a per-step schedule (linear warmup, then cosine or constant), gradient accumulation, the
+checkpoint every epoch and the resume from the latest one, keeping the best epoch's weights when the
+task selects one, metric reduction across ranks, and logging. It reads top to bottom; checkpointing,
+logging and evaluation are calls. This module holds the package's only ``.backward()``.
 """
 
 from __future__ import annotations
@@ -18,242 +21,339 @@ import signal
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
-import torch.nn as nn
 
-from radimagenet.config import from_dict
-from radimagenet.data import loader as data
-from radimagenet.eval.classification import classification_metrics, summarize
+from radimagenet.eval.metrics import summarize
 from radimagenet.io import tracking
-from radimagenet.models.factory import create_model, make_record
 from radimagenet.train import checkpoint
-from radimagenet.train.config import PretrainConfig
+from radimagenet.train.config import TrainSection
 
-CHECKPOINT_PREFIX = "checkpoint_epoch-"
+if TYPE_CHECKING:
+    from torch import nn
+
+    from radimagenet.data.loader import Batch, Loader
+    from radimagenet.train.context import Context
+
+Logger = Callable[[dict[str, float], int], None]
+
+
+class Task(Protocol):
+    """What a task tells the engine (see :mod:`radimagenet.tasks`)."""
+
+    name: str  # pretrain | classification | segmentation: for log lines
+    select_metric: str | None  # e.g. "val/loss": keep the epoch where it is lowest; None: the last epoch
+
+    def build_model(self) -> tuple[nn.Module, Any]:
+        """``(model, record)``: the model with its head (and frozen layers), and its preprocessing record."""
+
+    def loader(self, split: str, ctx: Context, *, epoch: int = 0, train: bool = False) -> Loader:
+        """The batches ``ctx.rank`` reads from ``split`` (train: this epoch's shuffled share)."""
+
+    def train_mode(self, model: nn.Module) -> None:
+        """Put the model in training mode (e.g. keeping frozen normalisation layers in eval mode)."""
+
+    def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The training loss of a batch (a scalar)."""
+
+    def outputs(self, outputs: torch.Tensor, batch: Batch) -> dict[str, np.ndarray]:
+        """Per-sample evaluation arrays of a batch (e.g. logits, loss, label), aligned with ``batch.keys``."""
+
+    def metrics(self, split: str, out: Outputs) -> dict[str, float]:
+        """A split's metrics from its gathered per-sample outputs."""
+
+    def finish(self, model: nn.Module, record: Any, ctx: Context, selected: dict[str, float]) -> dict[str, float]:
+        """After the last epoch (best weights loaded): the test report and artifacts, which include
+        ``selected`` (``best_epoch``, ``val/best_loss`` when the task selects epochs); ``{}`` for none."""
 
 
 @dataclass
-class Context:
-    """What the loop needs from its runner (Ray Train worker or plain process)."""
+class Outputs:
+    """A split's per-sample outputs gathered from every rank, each sample once, sorted by key."""
 
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    prepare_model: Callable[[nn.Module], nn.Module] = lambda m: m
-    # report(metrics, checkpoint_dir or None, checkpoint_name): every rank calls it once per epoch
-    report: Callable[[dict[str, float], str | None, str], None] = lambda m, d, n: None
-    # latest_checkpoint(): a context manager yielding a local directory, or None when starting fresh
-    latest_checkpoint: Callable[[], contextlib.AbstractContextManager[str | None]] = (
-        lambda: contextlib.nullcontext(None)
-    )
+    keys: list[str]
+    arrays: dict[str, np.ndarray]
 
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+@dataclass
+class Best:
+    """The epoch where the task's selection metric was lowest, and its weights (CPU copies)."""
+
+    epoch: int = -1
+    value: float = math.inf
+    state: dict[str, Any] | None = None
 
 
 # ---------------------------------------------------------------------------------- the loop
 
 
-def train_loop(config: dict[str, Any], ctx: Context | None = None) -> dict[str, float]:
-    """Pretrain ``config`` (a resolved :class:`PretrainConfig` as a dict); returns the last metrics."""
-    cfg = from_dict(PretrainConfig, config)
-    ctx = ctx or local_context(cfg)
+def fit(task: Task, cfg: Any, config: dict[str, Any], manifest: dict, ctx: Context) -> dict[str, float]:
+    """Train ``task`` for ``cfg.train.epochs`` (resuming from the latest checkpoint); returns the
+    task's final metrics, or the last epoch's when the task reports none."""
     torch.manual_seed(cfg.train.seed)
-    manifest = data.load_manifest(cfg.data.manifest)
-    record = make_record(cfg.model.arch, manifest, in_chans=cfg.model.in_chans, image_size=cfg.data.image_size,
-                         mean=cfg.data.mean, std=cfg.data.std)
-    gpu = ctx.device.type == "cuda"
-
-    model = create_model(cfg.model.arch, len(manifest["classes"]), cfg.model.in_chans, cfg.model.drop_rate)
-    model = model.to(ctx.device, memory_format=torch.channels_last if gpu else torch.contiguous_format)
-    optimizer = build_optimizer(model, cfg)
-    steps_per_epoch = len(train_loader(cfg, manifest, ctx, epoch=0))
-    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
-    start_epoch, step = restore(ctx, model, optimizer, scheduler, manifest)
-    log = metric_logger(cfg, ctx)
-    if start_epoch > 0:
-        log({"train/resumed_from_epoch": start_epoch}, step)
+    model, record = task.build_model()
+    model = model.to(ctx.device, memory_format=torch.channels_last if ctx.gpu else torch.contiguous_format)
+    optimizer = build_optimizer(model, cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train, optimizer_steps(len(task.loader("train", ctx, train=True)),
+                                                                      cfg.train.accum_steps))
+    digest = str(manifest.get("digest", ""))
+    start_epoch, step, best = restore(ctx, model, optimizer, scheduler, digest)
+    log = metric_logger(cfg.tracking, ctx)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log({"model/trainable_params": trainable, "model/total_params": sum(p.numel() for p in model.parameters()),
+         **({"train/resumed_from_epoch": start_epoch} if start_epoch else {})}, step)
 
     train_model = ctx.prepare_model(model)
     if cfg.train.compile:
         train_model = torch.compile(train_model)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
-
     metrics: dict[str, float] = {}
     for epoch in range(start_epoch, cfg.train.epochs):
-        loader = train_loader(cfg, manifest, ctx, epoch)
-        step, train_metrics = train_one_epoch(train_model, loader, optimizer, scheduler, loss_fn, ctx, cfg,
+        loader = task.loader("train", ctx, epoch=epoch, train=True)
+        step, train_metrics = train_one_epoch(train_model, task, loader, optimizer, scheduler, ctx, cfg.train,
                                               epoch, step, log)
-        val_metrics = evaluate(model, manifest, cfg, ctx)
-        metrics = {"epoch": epoch + 1, "step": step, **train_metrics, **val_metrics}
+        _, val_metrics = evaluate(model, task, "val", ctx)
+        best = select(best, task.select_metric, val_metrics, epoch, model)
+        metrics = {"epoch": epoch + 1, "step": step, **train_metrics, **val_metrics, **best_metrics(best, task)}
         log(metrics, step)
         if ctx.is_main:
-            print(f"[radimagenet] epoch {epoch + 1}/{cfg.train.epochs} {summarize(metrics)}", flush=True)
-        save_and_report(ctx, cfg, config, model, optimizer, scheduler, epoch, step, manifest, record, metrics)
-    return metrics
+            print(f"[radimagenet] {task.name} epoch {epoch + 1}/{cfg.train.epochs} {summarize(metrics)}", flush=True)
+        save(ctx, model, optimizer, scheduler, best, {
+            "epoch": epoch, "step": step, "config": config, "dataset_digest": digest,
+            "mlflow_run_id": cfg.tracking.run_id, "record": record.to_dict(),
+            "metrics": {k: float(v) for k, v in metrics.items()},
+            "best": {"epoch": best.epoch, "value": best.value} if best.epoch >= 0 else None})
+
+    if best.state is not None:
+        model.load_state_dict(best.state)
+    final = task.finish(model, record, ctx, best_metrics(best, task))
+    if not final:
+        return metrics
+    log(final, step)
+    ctx.report(final, None, "final")
+    return final
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, ctx: Context, cfg: PretrainConfig,
-                    epoch: int, step: int, log: Callable[[dict[str, float], int], None]) -> tuple[int, dict]:
-    """One pass over ``loader``; returns the new global step and the epoch's train metrics."""
-    model.train()
-    gpu = ctx.device.type == "cuda"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if gpu else contextlib.nullcontext()
-    loss_sum = torch.zeros((), device=ctx.device)
-    window_images, window_start, epoch_images, epoch_start = 0, time.perf_counter(), 0, time.perf_counter()
-    for i, (images, labels) in enumerate(loader):
-        images = images.to(ctx.device, non_blocking=True,
-                           memory_format=torch.channels_last if gpu else torch.contiguous_format)
-        labels = labels.to(ctx.device, non_blocking=True)
-        with autocast:
-            loss = loss_fn(model(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        step += 1
+def train_one_epoch(model: nn.Module, task: Task, loader: Iterable[Batch], optimizer: torch.optim.Optimizer,
+                    scheduler: Any, ctx: Context, train: TrainSection, epoch: int, step: int,
+                    log: Logger) -> tuple[int, dict[str, float]]:
+    """One pass over ``loader``; returns the new optimizer step and the epoch's train metrics
+    (loss and throughput reduced over every rank)."""
+    task.train_mode(model)
+    fmt = torch.channels_last if ctx.gpu else torch.contiguous_format
+    batches = len(loader)  # type: ignore[arg-type]
+    loss_sum, seen = torch.zeros((), device=ctx.device), 0
+    window_images, window_start, epoch_start = 0, time.perf_counter(), time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    step_loss = torch.zeros((), device=ctx.device)  # the mean loss of the batches of one optimizer step
+    for i, batch in enumerate(loader):
+        images = batch.images.to(ctx.device, non_blocking=True, memory_format=fmt)
+        group = min(train.accum_steps, batches - i // train.accum_steps * train.accum_steps)  # batches in this step
+        last_micro = (i + 1) % train.accum_steps == 0 or i + 1 == batches
+        sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast(ctx):
+                loss = task.loss(model(images), batch)
+            (loss / group if group > 1 else loss).backward()
         loss_sum += loss.detach()
-        window_images += len(labels)
-        epoch_images += len(labels)
-        if step % cfg.train.log_every == 0:
-            elapsed = time.perf_counter() - window_start
-            log({"train/loss": loss.item(), "train/lr": scheduler.get_last_lr()[0],
-                 "train/images_per_s": window_images * ctx.world_size / max(elapsed, 1e-9)}, step)
-            window_images, window_start = 0, time.perf_counter()
+        step_loss += loss.detach() / group
+        window_images += len(batch)
+        seen += len(batch)
+        if last_micro:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            if step % train.log_every == 0:
+                elapsed = time.perf_counter() - window_start
+                log({"train/loss": step_loss.item(), "train/lr": scheduler.get_last_lr()[0],
+                     "train/images_per_s": window_images * ctx.world_size / max(elapsed, 1e-9)}, step)
+                window_images, window_start = 0, time.perf_counter()
+            step_loss = torch.zeros((), device=ctx.device)
         maybe_inject_fault(ctx.rank, epoch, i)
-    n = max(len(loader), 1)
+    totals = reduce_sum(torch.stack([loss_sum.float(), torch.tensor(float(batches), device=ctx.device),
+                                     torch.tensor(float(seen), device=ctx.device)]), ctx)
     elapsed = time.perf_counter() - epoch_start
-    return step, {"train/epoch_loss": float(loss_sum.item()) / n,
-                  "train/epoch_images_per_s": epoch_images * ctx.world_size / max(elapsed, 1e-9)}
+    return step, {"train/epoch_loss": float(totals[0] / max(float(totals[1]), 1.0)),
+                  "train/epoch_images_per_s": float(totals[2]) / max(elapsed, 1e-9)}
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, manifest: dict, cfg: PretrainConfig, ctx: Context, split: str = "val") -> dict:
-    """Metrics over the whole ``split``: each rank predicts its share, rank results are gathered so
-    every sample counts exactly once, every rank computes the same metrics. ``model`` is the plain
-    module (not DDP: ranks may hold different numbers of eval batches)."""
+def predict(model: nn.Module, task: Task, split: str, ctx: Context) -> Outputs:
+    """The task's per-sample outputs over the whole ``split``: each rank predicts its share, the shares
+    are gathered so every sample counts once, sorted by key (the same on every rank and world size).
+    ``model`` is the plain module (not DDP: ranks may hold different numbers of eval batches)."""
     model.eval()
-    gpu = ctx.device.type == "cuda"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if gpu else contextlib.nullcontext()
-    loader = data.make_loader(manifest, split, batch_size=cfg.train.batch_size, rank=ctx.rank,
-                              world_size=ctx.world_size, train=False, num_workers=cfg.data.num_workers,
-                              image_size=cfg.data.image_size, channels=cfg.model.in_chans,
-                              mean=cfg.data.mean, std=cfg.data.std, with_meta=True)
-    logits, labels, modalities = [], [], []
-    for images, y, meta in loader:
-        images = images.to(ctx.device, memory_format=torch.channels_last if gpu else torch.contiguous_format)
-        with autocast:
-            logits.append(model(images).float().cpu().numpy())
-        labels.append(y.numpy())
-        modalities.extend(m.get("modality") for m in meta)
-    num_classes = len(manifest["classes"])
-    local = (np.concatenate(logits) if logits else np.zeros((0, num_classes), np.float32),
-             np.concatenate(labels) if labels else np.zeros(0, np.int64), modalities)
-    all_logits, all_labels, all_mods = gather(local, ctx)
-    if any(m is None for m in all_mods):
-        all_mods = None  # fall back to the class-name prefix
-    return classification_metrics(all_logits, all_labels, manifest["classes"], all_mods)
+    fmt = torch.channels_last if ctx.gpu else torch.contiguous_format
+    keys: list[str] = []
+    parts: dict[str, list[np.ndarray]] = {}
+    for batch in task.loader(split, ctx, train=False):
+        with autocast(ctx):
+            out = model(batch.images.to(ctx.device, memory_format=fmt))
+        for name, values in task.outputs(out.float(), batch).items():
+            parts.setdefault(name, []).append(np.asarray(values))
+        keys.extend(batch.keys)
+    local = (keys, {name: np.concatenate(values) for name, values in parts.items()})
+    shares = gather(local, ctx)
+    keys = [k for share in shares for k in share[0]]
+    names = sorted({name for share in shares for name in share[1]})
+    arrays = {n: np.concatenate([share[1][n] for share in shares if n in share[1]]) for n in names}
+    order = np.argsort(np.asarray(keys), kind="stable")
+    return Outputs([keys[i] for i in order], {n: a[order] for n, a in arrays.items()})
+
+
+def evaluate(model: nn.Module, task: Task, split: str, ctx: Context) -> tuple[Outputs, dict[str, float]]:
+    """``(outputs, metrics)`` of ``split`` (every rank gets the same)."""
+    out = predict(model, task, split, ctx)
+    return out, task.metrics(split, out)
+
+
+def fit_config(config: dict[str, Any], ctx: Context, config_cls: type,
+               make_task: Callable[[Any, dict], Task]) -> dict[str, float]:
+    """What a task's ``train_worker`` runs: rebuild the typed config from the plain dict it travelled
+    as, load the manifest, make the task and :func:`fit` it."""
+    from radimagenet.config import from_dict
+    from radimagenet.dataset.format import load_manifest
+
+    cfg = from_dict(config_cls, config)
+    manifest = load_manifest(cfg.data.manifest)
+    return fit(make_task(cfg, manifest), cfg, config, manifest, ctx)
 
 
 # ---------------------------------------------------------------------------------- pieces
 
 
-def train_loader(cfg: PretrainConfig, manifest: dict, ctx: Context, epoch: int) -> data.Loader:
-    return data.make_loader(manifest, "train", batch_size=cfg.train.batch_size, rank=ctx.rank,
-                            world_size=ctx.world_size, epoch=epoch, seed=cfg.train.seed, train=True,
-                            num_workers=cfg.data.num_workers, image_size=cfg.data.image_size,
-                            channels=cfg.model.in_chans, mean=cfg.data.mean, std=cfg.data.std,
-                            shuffle_buffer=cfg.data.shuffle_buffer)
+def autocast(ctx: Context) -> Any:
+    """bf16 autocast on GPU, nothing on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if ctx.gpu else contextlib.nullcontext()
 
 
-def build_optimizer(model: nn.Module, cfg: PretrainConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, Nesterov) or AdamW; no weight decay on biases and norm parameters."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.train.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.train.lr)
-    return torch.optim.SGD(groups, lr=cfg.train.lr, momentum=cfg.train.momentum, nesterov=True)
+def build_optimizer(model: nn.Module, train: TrainSection) -> torch.optim.Optimizer:
+    """SGD (momentum, optionally Nesterov), Adam or AdamW over the trainable parameters; biases and
+    normalisation parameters get no weight decay (their own group) unless ``train.decay_norm_bias``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if train.decay_norm_bias:
+        groups = [{"params": params, "weight_decay": train.weight_decay}]
+    else:
+        groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": train.weight_decay},
+                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    if train.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=train.lr)
+    if train.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=train.lr)
+    return torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum,
+                           nesterov=train.nesterov and train.momentum > 0)
 
 
-def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:
-    """Linear warmup to 1, then cosine decay to ``min_ratio`` at ``total_steps`` (per step)."""
+def optimizer_steps(batches: int, accum_steps: int) -> int:
+    """Optimizer steps in an epoch of ``batches`` batches (the last partial accumulation counts)."""
+    return math.ceil(batches / max(accum_steps, 1))
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.0,
+              schedule: str = "cosine") -> float:
+    """Linear warmup to 1, then cosine decay to ``min_ratio`` at ``total_steps`` (or constant 1)."""
     if warmup_steps and step < warmup_steps:
         return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: PretrainConfig, steps_per_epoch: int) -> Any:
-    warmup = round(cfg.train.warmup_epochs * steps_per_epoch)
-    total = cfg.train.epochs * steps_per_epoch
+def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainSection, steps_per_epoch: int) -> Any:
+    """The per-step learning-rate schedule of :func:`lr_factor`."""
+    warmup = round(train.warmup_epochs * steps_per_epoch)
+    total = train.epochs * steps_per_epoch
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, warmup, total, cfg.train.min_lr_ratio)
-    )
+        optimizer, lambda s: lr_factor(s, warmup, total, train.min_lr_ratio, train.schedule))
 
 
-def restore(ctx: Context, model, optimizer, scheduler, manifest: dict) -> tuple[int, int]:
-    """``(start_epoch, step)`` from the latest checkpoint, or ``(0, 0)``."""
+def select(best: Best, metric: str | None, val: dict[str, float], epoch: int, model: nn.Module) -> Best:
+    """The new best epoch when ``val[metric]`` improved (lower is better), else ``best``."""
+    value = val.get(metric, math.nan) if metric else math.nan
+    if metric is None or not value < best.value:
+        return best
+    return Best(epoch, float(value), {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+
+
+def best_metrics(best: Best, task: Task) -> dict[str, float]:
+    """``best_epoch`` and ``val/best_<metric>`` (e.g. ``val/best_loss``) when the task selects epochs."""
+    if task.select_metric is None:
+        return {}
+    if best.epoch < 0:  # the metric was never finite
+        return {"best_epoch": 0}
+    split, _, name = task.select_metric.partition("/")
+    return {"best_epoch": best.epoch + 1, f"{split}/best_{name}": best.value}
+
+
+def restore(ctx: Context, model: nn.Module, optimizer: Any, scheduler: Any, digest: str) -> tuple[int, int, Best]:
+    """``(start_epoch, step, best)`` from the latest checkpoint, or a fresh start."""
     with ctx.latest_checkpoint() as directory:
         if directory is None:
-            return 0, 0
-        state = checkpoint.load(directory, model=model, optimizer=optimizer, scheduler=scheduler,
-                                dataset_digest=str(manifest.get("digest", "")))
+            return 0, 0, Best()
+        state, best_state = checkpoint.load(directory, model=model, optimizer=optimizer, scheduler=scheduler,
+                                            dataset_digest=digest)
+    info = state.get("best")
+    if info is None and "best_epoch" in state.get("metrics", {}):  # checkpoints written before the engine
+        info = {"epoch": int(state["metrics"]["best_epoch"]) - 1, "value": state["metrics"].get("val/best_loss")}
+    info = info or {}
+    value = info.get("value")
+    best = Best(int(info.get("epoch", -1)), math.inf if value is None else float(value), best_state)
     if ctx.is_main:
         print(f"[radimagenet] resumed after epoch {state['epoch'] + 1} (step {state['step']})", flush=True)
-    return state["epoch"] + 1, state["step"]
+    return state["epoch"] + 1, state["step"], best
 
 
-def save_and_report(ctx: Context, cfg: Any, config: dict, model, optimizer, scheduler, epoch: int, step: int,
-                    manifest: dict, record, metrics: dict,
-                    extra: Callable[[str], None] | None = None) -> None:
-    """Rank 0 writes the checkpoint (and ``extra(directory)``'s files); every rank reports (Ray
-    Train's report is a barrier). Pretraining and fine-tuning both save through here."""
-    name = f"{CHECKPOINT_PREFIX}{epoch:06d}"
+def save(ctx: Context, model: nn.Module, optimizer: Any, scheduler: Any, best: Best, state: dict[str, Any]) -> None:
+    """Rank 0 writes the checkpoint of ``state["epoch"]``; every rank reports (Ray Train's report is a
+    barrier)."""
+    name = checkpoint.name(state["epoch"])
     if not ctx.is_main:
-        ctx.report(metrics, None, name)
+        ctx.report(state["metrics"], None, name)
         return
     tmp = tempfile.mkdtemp(prefix="radimagenet-ckpt-")
     try:
-        if extra is not None:
-            extra(tmp)
-        checkpoint.save(tmp, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch, step=step,
-                        config=config, dataset_digest=str(manifest.get("digest", "")),
-                        run_id=cfg.tracking.run_id, record=record.to_dict(), metrics=metrics)
-        ctx.report(metrics, tmp, name)
+        checkpoint.save(tmp, model=model, optimizer=optimizer, scheduler=scheduler, state=state,
+                        best_weights=best.state)
+        ctx.report(state["metrics"], tmp, name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def gather(local: Any, ctx: Context) -> tuple[np.ndarray, np.ndarray, list]:
-    """Concatenate every rank's ``(logits, labels, modalities)`` (each sample counted once)."""
+def gather(local: Any, ctx: Context) -> list[Any]:
+    """Every rank's ``local`` object, in rank order (``[local]`` on one rank)."""
     if ctx.world_size == 1 or not torch.distributed.is_initialized():
-        return local
+        return [local]
     parts: list[Any] = [None] * ctx.world_size
     torch.distributed.all_gather_object(parts, local)
-    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-            [m for p in parts for m in p[2]])
+    return parts
 
 
-def metric_logger(cfg: PretrainConfig, ctx: Context) -> Callable[[dict[str, float], int], None]:
+def reduce_sum(values: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """``values`` summed over every rank."""
+    if ctx.world_size > 1 and torch.distributed.is_initialized():
+        values = values.clone()
+        torch.distributed.all_reduce(values)
+    return values
+
+
+def metric_logger(tracking_cfg: Any, ctx: Context) -> Logger:
     """Rank 0 logs to the MLflow run made by the driver; other ranks (and runs without MLflow) do not.
     An MLflow outage mid-run costs metrics, never the training run."""
-    if not ctx.is_main or not cfg.tracking.run_id:
+    if not ctx.is_main or not tracking_cfg.run_id:
         return lambda metrics, step: None
-    uri = tracking.tracking_uri(cfg.tracking.uri)
+    uri = tracking.tracking_uri(tracking_cfg.uri)
 
     def log(metrics: dict[str, float], step: int) -> None:
         try:
-            tracking.log_metrics(uri, cfg.tracking.run_id, metrics, step)
+            tracking.log_metrics(uri, tracking_cfg.run_id, metrics, step)
         except Exception as exc:  # noqa: BLE001 - keep training; say so
             warnings.warn(f"MLflow logging failed at step {step}: {exc}", stacklevel=2)
 
@@ -271,92 +371,3 @@ def maybe_inject_fault(rank: int, epoch: int, batch: int) -> None:
         with open(marker, "w") as f:
             f.write(f"killed rank {rank} epoch {epoch} batch {batch} pid {os.getpid()}\n")
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-# ---------------------------------------------------------------------------------- contexts
-
-
-def local_context(cfg: PretrainConfig, checkpoint_root: str | None = None) -> Context:
-    """In-process: rank 0 of 1; checkpoints under ``checkpoint_root`` (default
-    ``checkpoint.storage_path/run_name``, local or S3)."""
-    from radimagenet.train.launch import storage_filesystem
-
-    device = torch.device("cuda" if cfg.scaling.use_gpu and torch.cuda.is_available() else "cpu")
-    fs, root = storage_filesystem(checkpoint_root or cfg.checkpoint.storage_path)
-    run_root = root if checkpoint_root else f"{root}/{cfg.tracking.run_name}"
-    return Context(device=device, report=_fs_reporter(fs, run_root, cfg.checkpoint.num_to_keep),
-                   latest_checkpoint=lambda: _fs_latest(fs, run_root))
-
-
-def _fs_checkpoints(fs: Any, root: str) -> list[str]:
-    import pyarrow.fs as pafs
-
-    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    names = sorted(i.base_name for i in infos
-                   if i.type == pafs.FileType.Directory and i.base_name.startswith(CHECKPOINT_PREFIX))
-    return [f"{root}/{n}" for n in names if fs.get_file_info(f"{root}/{n}/{checkpoint.STATE_FILE}").is_file]
-
-
-def _fs_reporter(fs: Any, root: str, keep: int) -> Callable[[dict, str | None, str], None]:
-    import pyarrow.fs as pafs
-
-    def report(metrics: dict, directory: str | None, name: str) -> None:
-        if directory is None:
-            return
-        target = f"{root}/{name}"
-        fs.create_dir(target, recursive=True)
-        # state.json last: a checkpoint without it is incomplete and ignored
-        for fname in sorted(os.listdir(directory), key=lambda n: n == checkpoint.STATE_FILE):
-            pafs.copy_files(os.path.join(directory, fname), f"{target}/{fname}",
-                            source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-        for old in _fs_checkpoints(fs, root)[:-keep]:
-            fs.delete_dir(old)
-
-    return report
-
-
-@contextlib.contextmanager
-def _fs_latest(fs: Any, root: str) -> Iterator[str | None]:
-    import pyarrow.fs as pafs
-
-    found = _fs_checkpoints(fs, root)
-    if not found:
-        yield None
-        return
-    tmp = tempfile.mkdtemp(prefix="radimagenet-restore-")
-    try:
-        pafs.copy_files(found[-1], tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def ray_context() -> Context:
-    """Inside a Ray Train worker: rank/world from ``ray.train.get_context()``, DDP via
-    ``ray.train.torch.prepare_model``, checkpoints through ``ray.train.report``/``get_checkpoint``."""
-    import ray.train
-    import ray.train.torch
-
-    rctx = ray.train.get_context()
-
-    def report(metrics: dict, directory: str | None, name: str) -> None:
-        ckpt = ray.train.Checkpoint.from_directory(directory) if directory else None
-        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name)
-
-    @contextlib.contextmanager
-    def latest() -> Iterator[str | None]:
-        ckpt = ray.train.get_checkpoint()
-        if ckpt is None:
-            yield None
-            return
-        with ckpt.as_directory() as d:
-            yield d
-
-    return Context(rank=rctx.get_world_rank(), world_size=rctx.get_world_size(),
-                   device=ray.train.torch.get_device(), prepare_model=ray.train.torch.prepare_model,
-                   report=report, latest_checkpoint=latest)
-
-
-def ray_train_fn(config: dict[str, Any]) -> None:
-    """The function each Ray Train worker runs."""
-    train_loop(config, ray_context())

@@ -8,9 +8,10 @@ import pytest
 
 from radimagenet.config import flatten, from_dict, load_config, to_dict
 from radimagenet.errors import ConfigError
+from radimagenet.io.storage import arrow_filesystem
 from radimagenet.io.tracking import parse_ref
-from radimagenet.train.config import PretrainConfig, resolve, validate
-from radimagenet.train.launch import check_shards, storage_filesystem
+from radimagenet.tasks.pretrain import PretrainConfig, resolve, validate
+from radimagenet.train.launch import check_shards
 
 PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"
 MANIFEST = {"classes": ["CT/a", "MR/b"], "image_size": 96, "digest": "sha256:x",
@@ -96,8 +97,8 @@ def test_storage_filesystem_honours_aws_endpoint(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:8333")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
-    fs, path = storage_filesystem("s3://radimagenet/checkpoints/")
+    fs, path = arrow_filesystem("s3://radimagenet/checkpoints/")
     assert path == "radimagenet/checkpoints" and fs.type_name == "s3"
     assert "127.0.0.1:8333" in repr(fs.__reduce__())  # endpoint travels with the (pickled) fs
-    local, lpath = storage_filesystem(str(tmp_path))
+    local, lpath = arrow_filesystem(str(tmp_path))
     assert local.type_name == "local" and lpath == str(tmp_path)

@@ -1,0 +1,145 @@
+"""Downstream classification: the RadImageNet head (global average pooling, dropout, softmax) on a
+backbone, cross-entropy, the epoch with the lowest validation loss kept; after training, the test
+report: AUC with a bootstrap 95% CI, the operating point chosen on validation (binary), accuracy,
+sensitivity/specificity, ROC and confusion-matrix figures, Grad-CAM overlays and localisation scores."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from radimagenet.tasks import downstream
+from radimagenet.tasks.finetune_config import FinetuneConfig, TaskSpec
+
+
+@dataclass
+class ClassifyTask(downstream.DownstreamTask):
+    name: str = "classification"
+
+    def build_model(self) -> tuple[Any, Any]:
+        from radimagenet.models.freeze import apply_freeze
+
+        model, self.record = downstream.build_classifier(self.cfg, self.manifest, len(self.spec.classes))
+        apply_freeze(model, self.cfg.train.freeze)
+        return model, self.record
+
+    def loss(self, outputs: Any, batch: Any) -> Any:
+        import torch.nn.functional as F
+
+        return F.cross_entropy(outputs.float(), batch.labels.to(outputs.device, non_blocking=True),
+                               label_smoothing=self.cfg.train.label_smoothing)
+
+    def outputs(self, outputs: Any, batch: Any) -> dict[str, np.ndarray]:
+        import torch
+        import torch.nn.functional as F
+
+        logits = outputs.float().cpu()
+        return {"probs": torch.softmax(logits, 1).numpy(), "label": batch.labels.numpy(),
+                "loss": F.cross_entropy(logits, batch.labels, reduction="none").numpy()}
+
+    def metrics(self, split: str, out: Any) -> dict[str, float]:
+        from radimagenet.eval.metrics import macro_auc
+
+        n = len(out)
+        metrics = {f"{split}/loss": float(out.arrays["loss"].mean()) if n else float("nan"),
+                   f"{split}/n_images": float(n)}
+        if n:
+            probs, labels = out.arrays["probs"], out.arrays["label"].astype(np.int64)
+            metrics |= {f"{split}/accuracy": float((probs.argmax(1) == labels).mean()),
+                        f"{split}/auc": macro_auc(probs, labels)}
+        return metrics
+
+    def finish(self, model: Any, record: Any, ctx: Any, selected: dict[str, float]) -> dict[str, float]:
+        """The best weights on test (and on val again, for the threshold); rank 0 writes the report."""
+        from radimagenet.train.engine import evaluate, predict
+
+        test = predict(model, self, "test", ctx)
+        val, val_metrics = evaluate(model, self, "val", ctx)
+        with downstream.report_dir(ctx) as out_dir:
+            metrics = report(val, test, self.spec, self.cfg, out_dir)
+            metrics |= selected | {"val/loss_best_weights": val_metrics["val/loss"]}
+            gradcam_images = self.cfg.eval.gradcam_samples + (
+                self.cfg.eval.gradcam_max_images if self.manifest.get("has_masks") else 0)
+            if out_dir and gradcam_images:
+                metrics |= write_gradcam(model, record, self.cfg, self.spec, self.manifest, out_dir)
+            if out_dir:
+                downstream.save_report(self.cfg, self.manifest, model, record, self.spec, test, metrics, out_dir)
+        return metrics
+
+
+def report(val: Any, test: Any, spec: TaskSpec, cfg: FinetuneConfig, out_dir: str | None) -> dict[str, float]:
+    """Binary: AUC + bootstrap CI and the operating point chosen on validation; multiclass: macro AUC,
+    balanced accuracy and macro sensitivity/specificity. Figures go to ``out_dir`` when given."""
+    from radimagenet.eval import figures, metrics
+
+    val_p, val_y = val.arrays["probs"], val.arrays["label"]
+    test_p, test_y = test.arrays["probs"], test.arrays["label"]
+    if spec.mode == "binary":
+        pos = spec.positive
+        threshold = metrics.choose_threshold(val_y == pos, val_p[:, pos], cfg.eval.threshold_rule)
+        result = metrics.binary_report(test_y == pos, test_p[:, pos], threshold, n_boot=cfg.eval.n_boot,
+                                       seed=cfg.train.seed)
+        names = [f"not {spec.classes[pos]}", spec.classes[pos]]
+        if out_dir:
+            figures.roc_curve_png(test_y == pos, test_p[:, pos], os.path.join(out_dir, "plots", "roc.png"),
+                                  threshold=threshold, title=f"test ROC ({spec.classes[pos]} vs rest)")
+    else:
+        result = metrics.multiclass_report(test_y, test_p, n_boot=cfg.eval.n_boot, seed=cfg.train.seed)
+        result |= macro_sensitivity_specificity(np.asarray(result["confusion_matrix"]))
+        names = list(spec.classes)
+        if out_dir:
+            for k in np.unique(test_y):
+                figures.roc_curve_png(test_y == k, test_p[:, k], os.path.join(out_dir, "plots", f"roc_class_{k}.png"),
+                                      title=f"test ROC: {spec.classes[k]} vs rest")
+    if out_dir:
+        figures.confusion_matrix_png(result["confusion_matrix"], names,
+                                     os.path.join(out_dir, "plots", "confusion_matrix.png"))
+    return metrics.scalar_metrics(result)
+
+
+def macro_sensitivity_specificity(cm: np.ndarray, prefix: str = "test") -> dict[str, float]:
+    """One-vs-rest sensitivity and specificity averaged over the classes present (argmax predictions)."""
+    total, tp = cm.sum(), np.diag(cm)
+    pos, pred = cm.sum(1), cm.sum(0)
+    present = pos > 0
+    sens = tp[present] / pos[present]
+    spec = (total - pos - pred + tp)[present] / np.maximum(total - pos[present], 1)
+    return {f"{prefix}/sensitivity": float(sens.mean()), f"{prefix}/specificity": float(spec.mean())}
+
+
+def write_gradcam(model: Any, record: Any, cfg: FinetuneConfig, spec: TaskSpec, manifest: dict,
+                  out_dir: str) -> dict[str, float]:
+    """Grad-CAM overlays for a sample of test images; with lesion masks, the localisation scores over
+    (up to ``eval.gradcam_max_images``) lesion images: energy on the lesion, pointing-game hit rate."""
+    from radimagenet.eval import explain
+
+    energy, hits, area, saved, seen = [], [], [], 0, 0
+    limit = max(cfg.eval.gradcam_samples, cfg.eval.gradcam_max_images if manifest.get("has_masks") else 0)
+    device = next(model.parameters()).device
+    for batch in downstream.test_batches(record, cfg, manifest):
+        if seen >= limit:
+            break
+        target = spec.positive if spec.mode == "binary" else None
+        cams = explain.gradcam(model, batch.images.to(device), target=target).cpu()
+        for i in range(len(cams)):
+            seen += 1
+            mask = None if batch.masks is None else batch.masks[i, 0].numpy()
+            if mask is not None and mask.any():
+                energy.append(explain.localisation_score(cams[i], mask))
+                hits.append(explain.pointing_game(cams[i], mask))
+                area.append(float(mask.mean()))
+            if saved < cfg.eval.gradcam_samples:
+                explain.overlay_png(batch.images[i], cams[i], os.path.join(
+                    out_dir, "gradcam", f"gradcam_{saved:03d}_{batch.keys[i]}_y{int(batch.labels[i])}.png"),
+                    mask=mask if mask is not None and mask.any() else None, scale=max(1, 256 // batch.images.shape[-1]))
+                saved += 1
+    out = {"test/gradcam_images": float(saved)}
+    if energy:
+        out |= {"test/gradcam_energy_on_lesion": float(np.nanmean(energy)),
+                "test/gradcam_pointing_game": float(np.mean(hits)),
+                "test/gradcam_lesion_area_fraction": float(np.mean(area)),  # chance level of the energy score
+                "test/gradcam_lesion_images": float(len(energy))}
+    return out

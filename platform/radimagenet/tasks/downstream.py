@@ -1,0 +1,155 @@
+"""What the downstream tasks (classification, segmentation) share: the initial model (a registered
+backbone, scratch or ImageNet), batches preprocessed as the model's record says, and the files of the
+final report (per-sample predictions, the report JSON, the fine-tuned weights) logged to the run."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from radimagenet.io import tracking
+from radimagenet.tasks.finetune_config import FinetuneConfig, TaskSpec
+
+PREDICTIONS_FILE = "predictions/test.csv"
+REPORT_FILE = "report/test_report.json"
+
+
+@dataclass
+class DownstreamTask:
+    """What the classification and segmentation tasks share: their config, dataset, task spec, the
+    preprocessing record of the model they build, epoch selection by validation loss, batches
+    preprocessed as that record says, and frozen normalisation layers kept in inference mode."""
+
+    cfg: FinetuneConfig
+    manifest: dict
+    spec: TaskSpec
+    record: Any = None  # set by build_model
+    select_metric: str | None = "val/loss"
+    masks: ClassVar[bool] = False  # batches carry the lesion masks
+
+    def loader(self, split: str, ctx: Any, *, epoch: int = 0, train: bool = False) -> Any:
+        return loader(self.record, self.cfg, self.manifest, split, ctx, train=train, epoch=epoch, masks=self.masks)
+
+    def train_mode(self, model: Any) -> None:
+        from radimagenet.models.freeze import set_train_mode
+
+        set_train_mode(model)
+
+
+def build_classifier(cfg: FinetuneConfig, manifest: dict, num_classes: int) -> tuple[Any, Any]:
+    """``(model, record)`` with a fresh ``num_classes`` head (dropout ``model.drop_rate``, global avg pool)."""
+    from radimagenet.models import registry
+    from radimagenet.models.factory import create_imagenet_model, create_model, imagenet_weights_file
+    from radimagenet.models.record import attach_record, make_record
+
+    if cfg.init == "backbone":
+        return registry.load(cfg.resolved_backbone or cfg.backbone, num_classes, tracking_uri=cfg.tracking.uri,
+                             drop_rate=cfg.model.drop_rate)
+    if cfg.init == "scratch":
+        model = create_model(cfg.model.arch, num_classes, cfg.model.in_chans, cfg.model.drop_rate)
+        record = make_record(cfg.model.arch, manifest, in_chans=cfg.model.in_chans, image_size=cfg.data.image_size,
+                             mean=cfg.data.mean or (0.5,), std=cfg.data.std or (0.25,))
+        return attach_record(model, record), record
+    path = imagenet_weights_file(cfg.model.arch, cfg.model.weights_file)
+    model = create_imagenet_model(cfg.model.arch, num_classes, cfg.model.drop_rate, path)
+    record = make_record(cfg.model.arch, manifest, in_chans=3, image_size=cfg.data.image_size,
+                         mean=cfg.data.mean or tuple(model.pretrained_cfg["mean"]),
+                         std=cfg.data.std or tuple(model.pretrained_cfg["std"]))
+    record.source = {"init": "imagenet", "weights_file": path}
+    return attach_record(model, record), record
+
+
+def loader(model_record: Any, cfg: FinetuneConfig, manifest: dict, split: str, ctx: Any, *, train: bool,
+           epoch: int = 0, num_workers: int | None = None, masks: bool = False) -> Any:
+    """The split's batches, preprocessed as the model's record says (channels, mean, std)."""
+    from radimagenet.data.loader import make_loader
+
+    return make_loader(manifest, split, batch_size=cfg.train.batch_size, rank=ctx.rank, world_size=ctx.world_size,
+                       epoch=epoch, seed=cfg.train.seed, train=train,
+                       num_workers=cfg.data.num_workers if num_workers is None else num_workers,
+                       image_size=cfg.data.image_size, channels=model_record.in_chans, mean=tuple(model_record.mean),
+                       std=tuple(model_record.std), shuffle_buffer=cfg.data.shuffle_buffer, with_meta=not train,
+                       with_masks=masks)
+
+
+def test_batches(record: Any, cfg: FinetuneConfig, manifest: dict) -> Iterator[Any]:
+    """The whole test split in this process (rank 0's artifacts), with masks when the dataset has them."""
+    from radimagenet.train.context import Context
+
+    yield from loader(record, cfg, manifest, "test", Context(), train=False, num_workers=0,
+                      masks=bool(manifest.get("has_masks")))
+
+
+def write_predictions(out: Any, spec: TaskSpec, path: str) -> None:
+    """Per-sample test outputs sorted by key (an engine ``Outputs``): the input of DeLong's test in
+    ``radimagenet compare``."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    a = out.arrays
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        if spec.task == "segmentation":
+            w.writerow(["key", "label_id", "dice", "has_lesion"])
+            w.writerows([k, int(y), repr(float(d)), int(les > 0)]
+                        for k, y, d, les in zip(out.keys, a["label"], a["dice"], a["lesion"], strict=True))
+            return
+        w.writerow(["key", "label_id"] + [f"prob_{i}" for i in range(len(spec.classes))])
+        w.writerows([k, int(y), *(repr(float(p)) for p in row)]
+                    for k, y, row in zip(out.keys, a["label"], a["probs"], strict=True))
+
+
+def read_predictions(text: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``(keys, label ids, probabilities [N, K])`` from a ``predictions/test.csv`` text."""
+    rows = list(csv.reader(io.StringIO(text)))
+    body = rows[1:]
+    return ([r[0] for r in body], np.asarray([int(r[1]) for r in body], np.int64),
+            np.asarray([[float(x) for x in r[2:]] for r in body], np.float64))
+
+
+def write_model(model: Any, record: Any, spec: TaskSpec, image_size: int, directory: str) -> None:
+    """The fine-tuned weights (safetensors) and a record with the downstream classes."""
+    from radimagenet.models.weights import MODEL_FILE, save_weights
+
+    os.makedirs(directory, exist_ok=True)
+    save_weights(os.path.join(directory, MODEL_FILE), model)
+    rec = dataclasses.replace(record, classes=list(spec.classes), num_classes=len(spec.classes),
+                              input_size=(record.in_chans, image_size, image_size))
+    rec.source = {**record.source, "finetuned_for": spec.task}
+    with open(os.path.join(directory, tracking.RECORD_FILE), "w") as f:
+        f.write(rec.to_json())
+
+
+@contextlib.contextmanager
+def report_dir(ctx: Any) -> Iterator[str | None]:
+    """A temporary folder for rank 0's report files (None on other ranks), deleted afterwards."""
+    out_dir = tempfile.mkdtemp(prefix="radimagenet-ft-report-") if ctx.is_main else None
+    try:
+        yield out_dir
+    finally:
+        if out_dir:
+            shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def save_report(cfg: FinetuneConfig, manifest: dict, model: Any, record: Any, spec: TaskSpec, test: Any,
+                metrics: dict[str, float], out_dir: str) -> None:
+    """Predictions, the report JSON and (``eval.log_model``) the weights into ``out_dir``, then all of
+    ``out_dir`` as the run's artifacts."""
+    write_predictions(test, spec, os.path.join(out_dir, PREDICTIONS_FILE))
+    os.makedirs(os.path.dirname(os.path.join(out_dir, REPORT_FILE)), exist_ok=True)
+    with open(os.path.join(out_dir, REPORT_FILE), "w") as f:
+        json.dump(metrics, f, indent=2)
+    if cfg.eval.log_model:
+        write_model(model, record, spec, int(cfg.data.image_size or manifest["image_size"]),
+                    os.path.join(out_dir, "model"))
+    if cfg.tracking.run_id:
+        tracking.log_artifacts(tracking.tracking_uri(cfg.tracking.uri), cfg.tracking.run_id, out_dir)
