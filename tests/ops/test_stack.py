@@ -65,12 +65,16 @@ def test_env_evals_in_a_shell_and_secrets_are_private(stack_env):
                          capture_output=True, text=True, check=True).stdout
     seen = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
     for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-                "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE",
+                "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_TRACKING_USERNAME",
+                "MLFLOW_TRACKING_PASSWORD", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE",
                 "RAY_AUTH_TOKEN", "RADIMAGENET_HOME"):
         assert seen[key] == stack_env[key], key
     assert stack_env["AWS_DEFAULT_REGION"] == "us-east-1" and stack_env["RAY_AUTH_MODE"] == "token"
-    for name in ("credentials.json", "s3_identities.json"):
+    for name in ("credentials.json", "s3_identities.json", "mlflow/basic_auth.ini"):
         assert (home / name).stat().st_mode & 0o077 == 0, name
+    # Ray makes its temp dir 0777 itself (to share it between users); the folder holding it is 0700
+    ray_temp = processes._short_dir(home) / "ray"
+    assert ray_temp.is_dir() and ray_temp.parent.stat().st_mode & 0o077 == 0
 
 
 def test_s3_with_env_buckets_and_objects(stack_env):
@@ -106,6 +110,46 @@ def test_s3_refuses_unsigned_and_wrong_secret(stack_env):
             with pytest.raises(ClientError) as info:
                 call(client)
             assert info.value.response["Error"]["Code"] in {"AccessDenied", "SignatureDoesNotMatch"}
+
+
+def _mlflow_status(url: str, method: str = "GET", data: bytes | None = None, auth: str | None = None) -> int:
+    request = urllib.request.Request(url, data=data, method=method)
+    if auth:
+        import base64
+
+        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_mlflow_refuses_requests_without_credentials(stack_env):
+    base, user = stack_env["MLFLOW_TRACKING_URI"], stack_env["MLFLOW_TRACKING_USERNAME"]
+    api = f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
+    artifact = f"{base}/api/2.0/mlflow-artifacts/artifacts/intruder/{uuid.uuid4().hex[:8]}.txt"
+    assert _mlflow_status(api) == 401
+    assert _mlflow_status(api, auth=f"{user}:not-the-password") == 401
+    assert _mlflow_status(f"{base}/api/2.0/mlflow/experiments/create", "POST", b'{"name": "intruder"}') == 401
+    assert _mlflow_status(artifact, "PUT", b"intruder") == 401
+    assert _mlflow_status(artifact) == 401
+    assert _mlflow_status(api, auth=f"{user}:{stack_env['MLFLOW_TRACKING_PASSWORD']}") == 200
+    keys = [o["Key"] for o in s3_client().list_objects_v2(Bucket="radimagenet", Prefix="mlflow/intruder")
+            .get("Contents", [])]
+    assert keys == []
+
+
+def test_services_get_only_the_secrets_they_use(stack_env):
+    from radimagenet.ops.stack import services
+
+    home = Path(stack_env["RADIMAGENET_HOME"])
+    s3, mlflow_env, ray = (services._service_env(home, s) for s in ("s3", "mlflow", "ray"))
+    secrets = ("AWS_SECRET_ACCESS_KEY", "RAY_AUTH_TOKEN", "MLFLOW_TRACKING_PASSWORD")
+    assert not any(k in s3 for k in secrets)
+    assert "AWS_SECRET_ACCESS_KEY" in mlflow_env and "RAY_AUTH_TOKEN" not in mlflow_env
+    assert "MLFLOW_TRACKING_PASSWORD" not in mlflow_env and "MLFLOW_FLASK_SERVER_SECRET_KEY" in mlflow_env
+    assert all(k in ray for k in secrets) and "RAY_ADDRESS" not in ray
 
 
 def test_mlflow_artifact_lands_in_s3(stack_env, tmp_path):

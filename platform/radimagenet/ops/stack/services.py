@@ -3,9 +3,11 @@ environment and readiness checks."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import stat
 import sys
@@ -71,11 +73,25 @@ def _clean_weed_sockets(home: Path, ports: dict[str, Any]) -> None:
                 path.unlink()
 
 
+def _mlflow_auth_config(home: Path) -> Path:
+    """MLflow's basic-auth app configuration (0600): users in their own SQLite database, the stack's
+    user as admin (created on the first start; every request must carry its credentials)."""
+    creds = _credentials(home)
+    path = home / "mlflow" / "basic_auth.ini"
+    _write_private(path, "\n".join([
+        "[mlflow]", "default_permission = NO_PERMISSIONS",
+        f"database_uri = sqlite:///{home / 'mlflow' / 'auth.db'}",
+        f"admin_username = {creds['mlflow_username']}", f"admin_password = {creds['mlflow_password']}",
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
+        "grant_default_workspace_access = false", ""]))
+    return path
+
+
 def _mlflow_command(home: Path, ports: dict[str, Any]) -> list[str]:
     (home / "mlflow").mkdir(exist_ok=True)
     port = ports["mlflow"]
     return [
-        sys.executable, "-m", "mlflow", "server", "--host", HOST, "--port", str(port),
+        sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", "--host", HOST, "--port", str(port),
         "--backend-store-uri", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
         "--serve-artifacts", "--artifacts-destination", f"s3://{BUCKET}/mlflow", "--workers", "1",
         "--allowed-hosts", f"{HOST},{HOST}:{port},localhost,localhost:{port}",
@@ -89,6 +105,9 @@ def _ray_command(home: Path, ports: dict[str, Any]) -> list[str]:
              "ray_dashboard_agent_grpc": "--dashboard-agent-grpc-port",
              "ray_metrics": "--metrics-export-port", "ray_client_server": "--ray-client-server-port"}
     num_cpus = os.environ.get("RADIMAGENET_RAY_NUM_CPUS") or str(os.cpu_count() or 1)
+    # Ray's sessions, logs and sockets: Ray makes its temp dir 0777, so the folder holding it is 0700
+    (_short_dir(home) / "ray").mkdir(parents=True, exist_ok=True)
+    _short_dir(home).chmod(0o700)
     return [
         _tool("ray"), "start", "--head", "--block", "--disable-usage-stats",
         f"--port={ports['ray']}", "--include-dashboard=true",
@@ -97,16 +116,25 @@ def _ray_command(home: Path, ports: dict[str, Any]) -> list[str]:
     ] + [f"{flag}={ports[key]}" for key, flag in flags.items() if ports[key] is not None]
 
 
+# The stack's client variables each service needs: S3 none; MLflow the S3 ones (it proxies artifacts);
+# Ray all of them (its workers train, read S3 and log to MLflow).
+_SERVICE_ENV_PREFIXES = {"s3": (), "mlflow": ("AWS_", "MLFLOW_S3_"), "ray": ("AWS_", "MLFLOW_", "RAY_", "RADIMAGENET_")}
+
+
 def _service_env(home: Path, service: str) -> dict[str, str]:
-    """The environment a service process runs with: ours, plus the stack's client variables."""
-    out = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_", "AWS_"))}
-    out.update(env(home))
+    """The environment a service process runs with: ours (less any client secrets), plus only the
+    stack's client variables the service uses (no S3 key in SeaweedFS, no Ray token in MLflow)."""
+    out = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_", "AWS_"))
+           and (service == "ray" or k != "RADIMAGENET_DEID_SECRET")}
+    out.update({k: v for k, v in env(home).items() if k.startswith(_SERVICE_ENV_PREFIXES[service])})
     out["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{out.get('PATH', '')}"
     out["PYTHONUNBUFFERED"] = "1"
     if service == "s3":
         out["TMPDIR"] = str(_short_dir(home) / "weed")
     if service == "mlflow":
         out["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # else 7 huey workers, ~250 MB each
+        out["MLFLOW_AUTH_CONFIG_PATH"] = str(_mlflow_auth_config(home))
+        out["MLFLOW_FLASK_SERVER_SECRET_KEY"] = _credentials(home)["mlflow_flask_secret"]
     if service == "ray":
         for key in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):  # the head must not join what it serves
             out.pop(key)
@@ -130,9 +158,13 @@ def _ready(home: Path, service: str, ports: dict[str, Any]) -> bool:
             names = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
             if BUCKET not in names:
                 client.create_bucket(Bucket=BUCKET)
-            return True
-        if service == "mlflow":
-            url, headers = f"{e['MLFLOW_TRACKING_URI']}/health", {}
+            probe = secrets.token_bytes(16)  # a signed put/get round trip, not just a listing
+            client.put_object(Bucket=BUCKET, Key="_stack/ready", Body=probe)
+            return client.get_object(Bucket=BUCKET, Key="_stack/ready")["Body"].read() == probe
+        if service == "mlflow":  # an authenticated call: the auth app is up and knows our user
+            token = base64.b64encode(f"{e['MLFLOW_TRACKING_USERNAME']}:{e['MLFLOW_TRACKING_PASSWORD']}".encode())
+            url = f"{e['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
+            headers = {"Authorization": f"Basic {token.decode()}"}
         else:
             url, headers = f"{e['RAY_ADDRESS']}/api/jobs/", {"Authorization": f"Bearer {e['RAY_AUTH_TOKEN']}"}
         with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as r:

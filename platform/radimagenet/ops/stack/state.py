@@ -109,17 +109,26 @@ def _write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _credentials(home: Path) -> dict[str, str]:
-    """The stack's secrets, generated on first use and kept in ``home/credentials.json`` (0600)."""
-    path = home / "credentials.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    creds = {
+def _new_secrets() -> dict[str, str]:
+    return {
         "s3_access_key": "RIN" + secrets.token_hex(8).upper(),
         "s3_secret_key": secrets.token_urlsafe(30),
         "ray_token": secrets.token_hex(32),
+        "mlflow_username": "radimagenet",
+        "mlflow_password": secrets.token_urlsafe(24),
+        "mlflow_flask_secret": secrets.token_hex(32),
     }
-    _write_private(path, json.dumps(creds, indent=2))
+
+
+def _credentials(home: Path) -> dict[str, str]:
+    """The stack's secrets, generated on first use and kept in ``home/credentials.json`` (0600); a
+    file from an older version gets the secrets it lacks (e.g. MLflow's) added."""
+    path = home / "credentials.json"
+    creds = json.loads(path.read_text()) if path.exists() else {}
+    missing = {k: v for k, v in _new_secrets().items() if k not in creds}
+    if missing:
+        creds |= missing
+        _write_private(path, json.dumps(creds, indent=2))
     return creds
 
 
@@ -148,6 +157,8 @@ def env(home: Path | str | None = None) -> dict[str, str]:
         "AWS_DEFAULT_REGION": REGION,
         "MLFLOW_S3_ENDPOINT_URL": s3,
         "MLFLOW_TRACKING_URI": f"http://{HOST}:{ports['mlflow']}",
+        "MLFLOW_TRACKING_USERNAME": creds["mlflow_username"],
+        "MLFLOW_TRACKING_PASSWORD": creds["mlflow_password"],
         # The Jobs API address (what JobSubmissionClient and `ray job` use). ray.init() rejects an http
         # RAY_ADDRESS, so code that calls ray.init() runs inside a job, where Ray sets its own.
         "RAY_ADDRESS": f"http://{HOST}:{ports['dashboard']}",
