@@ -46,6 +46,6 @@ echo "scratch:             $(grep -o 'test AUC [^,]*' "$WORK/scratch.txt" | tail
 echo "(one seed each; for a statistically tested comparison over seeds: radimagenet compare --help)"
 
 step "7/7 done"
-echo "MLflow UI:     $MLFLOW_TRACKING_URI"
+echo "MLflow UI:     $MLFLOW_TRACKING_URI  (user $MLFLOW_TRACKING_USERNAME; password: radimagenet stack env)"
 echo "Ray dashboard: $RAY_ADDRESS"
 echo "datasets:      s3://radimagenet/datasets/$RUN/{pretrain,downstream}"
