@@ -154,3 +154,121 @@ def test_driver_state_counts_rejects_as_it_goes():
     assert state.rejected == statuses["rejected"] == 3
     assert statuses == {"written": 2, "duplicate": 1, "rejected": 3}
     assert [s.index for s in writers["train"]] == [0] and [s.index for s in writers["val"]] == [4]
+
+
+# --- pseudonyms, path-free details, dropped fields --------------------------------------------------
+
+PHI_DIR = "SMITH^JOHN_MRN0012345/2019-03-02_CT"
+PHI = ("SMITH", "JOHN", "MRN0012345", "2019-03-02", "IMG0001")
+
+
+def _ctx(secret: bytes = b"test-secret-0123456789abcdef"):
+    from radimagenet.ingest import decode
+    from radimagenet.ingest.process import Context
+
+    return Context(class_ids={"CT/lung": 0}, decode_cfg=decode.DecodeConfig(), image_size=32, encoding="npy",
+                   secret=secret, fractions=(0.8, 0.1, 0.1), patient_from="auto")
+
+
+def _phi_free(text: str, *extra: str) -> bool:
+    return not any(p in text for p in PHI + extra)
+
+
+def test_results_are_named_by_pseudonym_and_details_are_path_free(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from radimagenet.ingest import decode
+    from radimagenet.ingest.deid import source_pseudonym
+    from radimagenet.ingest.process import Processed, Reject, process_row
+    from radimagenet.ingest.sources import InputRow
+
+    root = tmp_path / PHI_DIR
+    (root / "CT/lung").mkdir(parents=True)
+    good = root / "CT/lung/IMG0001.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(good)
+    ctx = _ctx()
+
+    def row(i, rel, problem=None):
+        return InputRow(index=i, source=rel, path=str(root / rel), label="CT/lung", problem=problem)
+
+    sample = process_row(row(0, "CT/lung/IMG0001.png"), ctx)
+    assert isinstance(sample, Processed) and sample.dropped == ()
+    assert sample.source == source_pseudonym(ctx.secret, "CT/lung/IMG0001.png")
+    assert _phi_free(sample.meta.decode(), str(tmp_path)) and b"dropped_fields" not in sample.meta
+    missing = process_row(row(1, "CT/lung/SMITH_MRN0012345.png"), ctx)
+    assert isinstance(missing, Reject) and missing.reason == "missing_file" and _phi_free(missing.detail)
+    assert missing.source == source_pseudonym(ctx.secret, "CT/lung/SMITH_MRN0012345.png")
+    stray = process_row(row(2, "IMG0001.png", ("missing_label", "IMG0001.png is not inside a label folder")), ctx)
+    assert stray.reason == "missing_label" and stray.detail == "<path> is not inside a label folder"
+
+    def raising(exc):
+        def decode_file(path, cfg):
+            raise exc
+        return decode_file
+
+    for exc in (OSError(f"[Errno 5] Input/output error: '{good}'"),
+                decode.Rejected("decode_failed", f"png: cannot identify image file {good.name!r}"),
+                ValueError(f"bad data in {good.parent} (file /mnt/archive/SMITH/2019-03-02/x.png)")):
+        monkeypatch.setattr(decode, "decode_file", raising(exc))
+        rejected = process_row(row(3, "CT/lung/IMG0001.png"), ctx)
+        assert isinstance(rejected, Reject) and rejected.reason == "decode_failed"
+        assert _phi_free(rejected.detail, str(tmp_path), "/mnt") and "<path>" in rejected.detail, rejected.detail
+
+
+def test_hostile_header_values_are_dropped_from_the_sample_and_counted(tmp_path, monkeypatch):
+    import json
+
+    from radimagenet.ingest import decode
+    from radimagenet.ingest.process import process_row
+    from radimagenet.ingest.sources import InputRow
+
+    (tmp_path / "a.dcm").write_bytes(b"x")
+    meta = {"modality": "CT\nJOHN", "body_part": "SMITH^JOHN", "rows": 64, "columns": 10**12,
+            "pixel_spacing": [float("nan"), 0.5], "photometric": "MONOCHROME2", "bits_stored": 12, "frames": 1,
+            "transfer_syntax": "Explicit VR Little Endian", "window": {"center": 40.0, "width": 400.0,
+                                                                       "source": "default"},
+            "source_format": "dicom", "PatientName": "SMITH^JOHN"}
+    image = (np.arange(64 * 64) % 251).astype(np.uint8).reshape(64, 64)
+    monkeypatch.setattr(decode, "decode_file", lambda path, cfg: decode.Decoded(image, dict(meta), "MRN0012345"))
+    sample = process_row(InputRow(index=0, source="a.dcm", path=str(tmp_path / "a.dcm"), label="CT/lung"), _ctx())
+    got = json.loads(sample.meta)
+    assert sample.dropped == ("modality", "body_part", "columns", "pixel_spacing")
+    assert got["dropped_fields"] == list(sample.dropped)
+    assert got["photometric"] == "MONOCHROME2" and got["rows"] == 64 and got["patient_source"] == "dicom"
+    assert not set(sample.dropped) & set(got) and _phi_free(sample.meta.decode())
+
+
+def test_path_free_keeps_ordinary_details():
+    from radimagenet.ingest.process import path_free
+    from radimagenet.ingest.sources import InputRow
+
+    row = InputRow(index=0, source="SMITH/IMG0001.dcm", path="/data/SMITH/IMG0001.dcm", label="x")
+    for detail in ("BitsAllocated 16 / BitsStored 12", "a 0/1, 0/255 mask", "mask decoded to shape (8, 8, 3), "
+                   "expected HxW", "JPEG 2000 Image Compression (Lossless Only): ValueError: bad"):
+        assert path_free(detail, row) == detail
+    assert path_free("cannot open /other/place/x.dcm", row) == "cannot open <path>"
+    assert path_free("C:\\scans\\SMITH\\x.dcm: bad", row) == "<path>: bad"
+    assert path_free("IMG0001.dcm: unexpected end", row) == "<path>: unexpected end"
+
+
+def test_driver_state_keeps_dropped_fields_of_written_samples():
+    from radimagenet.ingest.deid import count_dropped
+    from radimagenet.ingest.process import Processed
+    from radimagenet.ingest.run import _State
+
+    class Collect(list):
+        write = list.append
+
+    writers = {s: Collect() for s in ("train", "val", "test")}
+    state = _State(first_of_key={}, split_of_patient={}, lines={})
+
+    def sample(i, key, dropped=()):
+        return Processed(index=i, source=f"src-{i}", key=key, split="train", patient="p", label_id=0, image=b"",
+                         meta=b"{}", dropped=dropped)
+
+    for res in (sample(0, "k0", ("body_part",)), sample(1, "k0", ("body_part",)), sample(2, "k2"),
+                sample(3, "k3", ("modality", "body_part"))):
+        state.handle(res, writers)
+    assert state.dropped == {0: ("body_part",), 3: ("modality", "body_part")}  # not the duplicate's
+    assert state.lines[1]["duplicate_of"] == "src-0"
+    assert count_dropped(state.dropped.values()) == {"body_part": 2, "modality": 1}

@@ -22,6 +22,7 @@ from radimagenet.dataset.inspect import load_report, summary
 from radimagenet.dataset.verify import verify
 from radimagenet.errors import ConfigError, StorageError
 from radimagenet.ingest import IngestConfig, ingest
+from radimagenet.ingest.deid import source_pseudonym
 from radimagenet.io import storage
 from radimagenet.ops.synth import synthesize
 
@@ -29,6 +30,11 @@ pytestmark = pytest.mark.integration
 
 
 SECRET = b"test-secret-0123456789abcdef"
+
+
+def pseudo(path: str) -> str:
+    """The report's name for an input (its path as given)."""
+    return source_pseudonym(SECRET, path)
 
 
 @pytest.fixture(scope="module")
@@ -83,14 +89,14 @@ def test_every_input_is_accounted_for(ingested, corpus):
     assert c["written"] == sum(s["samples"] for s in manifest["splits"].values())
     by_source = {line["source"]: line for line in report}
     for path in info["planted"]["blank"]:
-        assert by_source[path]["status"] == "rejected" and by_source[path]["reason"].startswith("blank")
+        assert by_source[pseudo(path)]["status"] == "rejected" and by_source[pseudo(path)]["reason"].startswith("blank")
     for path in info["planted"]["truncated"]:
-        assert by_source[path]["status"] == "rejected"
-        assert by_source[path]["reason"].split(":")[0] in ("truncated", "decode_failed")
+        assert by_source[pseudo(path)]["status"] == "rejected"
+        assert by_source[pseudo(path)]["reason"].split(":")[0] in ("truncated", "decode_failed")
     for path in info["planted"]["duplicates"]:
-        assert by_source[path]["status"] == "duplicate"
-        original = by_source[by_source[path]["duplicate_of"]]
-        assert original["status"] == "written" and original["key"] == by_source[path]["key"]
+        assert by_source[pseudo(path)]["status"] == "duplicate"
+        original = by_source[by_source[pseudo(path)]["duplicate_of"]]
+        assert original["status"] == "written" and original["key"] == by_source[pseudo(path)]["key"]
     assert all(line["status"] == "written" for line in report if line["reason"] is None and not line["duplicate_of"])
 
 
@@ -119,6 +125,7 @@ def test_no_phi_anywhere_in_the_outputs(ingested, corpus):
     assert len(planted) > 20
     leaks = [p for p in planted if p.encode() in blob or p.upper().encode() in blob]
     assert leaks == []
+    assert b"images/" not in blob and str(source).encode() not in blob  # no source path either
 
 
 def test_no_patient_in_two_splits_and_metadata_is_clean(ingested):
@@ -130,7 +137,7 @@ def test_no_patient_in_two_splits_and_metadata_is_clean(ingested):
         splits_of[s["patient"]].add(s["split"])
         assert set(s) <= {"key", "label", "label_id", "split", "patient", "patient_source", "modality",
                           "body_part", "rows", "columns", "pixel_spacing", "photometric", "bits_stored",
-                          "frames", "transfer_syntax", "window", "source_format"}
+                          "frames", "transfer_syntax", "window", "source_format", "dropped_fields"}
     assert all(len(v) == 1 for v in splits_of.values())
     assert {s["split"] for s in samples} == {"train", "val", "test"}
     assert len(splits_of) > 10
@@ -212,9 +219,9 @@ def test_folder_layout_with_png_and_jpeg(stack_env, tmp_path):
     m = run_ingest(tmp_path, out, labels=None, image_size=32)
     assert m["classes"] == ["CT/lung/nodule", "US/gb"]
     report = {line["source"]: line for line in load_report(out)}
-    assert report["notes.txt"]["reason"].startswith("missing_label")
-    assert report["CT/lung/nodule/readme.txt"]["reason"].startswith("unsupported_format")
-    assert report["US/gb/j.jpg"]["status"] == "written"
+    assert report[pseudo("notes.txt")]["reason"].startswith("missing_label")
+    assert report[pseudo("CT/lung/nodule/readme.txt")]["reason"].startswith("unsupported_format")
+    assert report[pseudo("US/gb/j.jpg")]["status"] == "written"
     assert m["counts"]["written"] == 9 and m["counts"]["inputs"] == 11
     samples = shard_samples(m)
     assert {s["source_format"] for s in samples} == {"png", "jpeg"}
@@ -233,7 +240,8 @@ def test_pydicom_test_files_are_decoded_or_rejected_with_a_reason(stack_env, tmp
     m = run_ingest(tmp_path, out, labels=None, image_size=64, patient_from="file")
     report = load_report(out)
     assert len(report) == len(files) == m["counts"]["inputs"]
-    by_name = {line["source"].split("_", 1)[1]: line for line in report}
+    names = {pseudo(f"MR/misc/{i:03d}_{Path(f).name}"): Path(f).name for i, f in enumerate(files)}
+    by_name = {names[line["source"]]: line for line in report}
     for name in ("CT_small.dcm", "MR_small.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm", "SC_rgb.dcm"):
         if name in by_name:
             assert by_name[name]["status"] in ("written", "duplicate"), by_name[name]

@@ -5,8 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 
+EPILOG = (
+    "Privacy: shared storage never names a source path. report.jsonl, the manifest and the resume journal "
+    "name each input by a keyed pseudonym (src- + 16 hex digits of HMAC-SHA256 with the de-identification "
+    "secret); the map back to paths is written only on this machine, mode 0600, to "
+    "source-map/<16 hex digits of the --out URI>.jsonl beside the --secret-file, else in the folder of the "
+    "default secret ($RADIMAGENET_HOME, else $XDG_CONFIG_HOME/radimagenet, else ~/.config/radimagenet), "
+    "one {\"pseudonym\", \"path\", \"file\", \"kind\", \"dataset\"} line per input."
+)
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = EPILOG
     p.add_argument("source", help="folder of key images (DICOM, PNG, JPEG)")
     p.add_argument("--labels", help="CSV with path,label[,patient_id][,split][,mask]; paths relative to SOURCE. "
                    "Without it, each file's folder (relative to SOURCE) is its label")
@@ -25,8 +35,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patient-from", choices=["auto", "column", "dicom", "file"], default="auto",
                    help="where the patient identity comes from (auto: labels column, then DICOM PatientID, "
                    "then one patient per file)")
+    p.add_argument("--max-megapixels", type=float, default=64.0,
+                   help="largest decoded frame in megapixels, checked from the header before decoding; "
+                   "larger files are rejected too_large (default 64)")
+    p.add_argument("--allow-burned-in", action="store_true",
+                   help="keep DICOMs whose BurnedInAnnotation is YES (text, possibly identifying, in the "
+                   "pixels); rejected burned_in_annotation by default")
     p.add_argument("--secret-file", help="file holding the de-identification secret (default: "
-                   "$RADIMAGENET_DEID_SECRET, else $RADIMAGENET_HOME/deid-secret, created once)")
+                   "$RADIMAGENET_DEID_SECRET, else deid-secret in $RADIMAGENET_HOME, else in "
+                   "$XDG_CONFIG_HOME/radimagenet or ~/.config/radimagenet: created once, mode 0600, the same "
+                   "whatever the current folder)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -45,11 +63,11 @@ def _windows(items: list[str]) -> dict[str, tuple[float, float]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from radimagenet.dataset.inspect import split_warnings
+    from radimagenet.dataset.inspect import class_warnings, split_warnings
     from radimagenet.errors import ConfigError
     from radimagenet.ingest import IngestConfig, ingest
     from radimagenet.ingest.config import parse_size
-    from radimagenet.ingest.deid import load_secret
+    from radimagenet.ingest.deid import load_secret, source_map_path
 
     try:
         fractions = tuple(float(x) for x in args.split.split(","))
@@ -60,13 +78,15 @@ def run(args: argparse.Namespace) -> int:
         encoding=args.encoding, split_fractions=fractions, shard_size=parse_size(args.shard_size),
         workers=args.workers, chunk_size=args.chunk_size, multiframe=args.multiframe,
         windows=_windows(args.window), patient_from=args.patient_from,
+        max_megapixels=args.max_megapixels, allow_burned_in=args.allow_burned_in,
     )
-    manifest = ingest(cfg, load_secret(args.secret_file), progress=False if args.no_progress else None)
+    manifest = ingest(cfg, load_secret(args.secret_file), progress=False if args.no_progress else None,
+                      source_map=source_map_path(args.out, args.secret_file))
     c = manifest["counts"]
     print(f"{manifest['uri']}: {c['inputs']} inputs, {c['written']} written, {c['rejected']} rejected, "
           f"{c['duplicates']} duplicates; " + ", ".join(
               f"{s} {v['samples']} in {len(v['shards'])} shard(s)" for s, v in manifest["splits"].items()))
     print(f"manifest: {manifest['uri']}/manifest.json  digest: {manifest['digest']}")
-    for warning in split_warnings(manifest):
+    for warning in split_warnings(manifest) + class_warnings(manifest):
         print(f"radimagenet ingest: warning: {warning}", file=sys.stderr)
     return 0

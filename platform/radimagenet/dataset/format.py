@@ -80,7 +80,7 @@ class Sample:
     """One sample as the ingest writes it (unless it is a duplicate of an earlier one)."""
 
     index: int  # input row index
-    source: str  # input path, relative to the ingest source
+    source: str  # the input's keyed pseudonym (src-...), never its path
     key: str
     split: str
     patient: str  # pseudonym

@@ -40,6 +40,21 @@ def split_warnings(manifest: dict) -> list[str]:
     return out
 
 
+def class_warnings(manifest: dict) -> list[str]:
+    """Warnings for classes that ended with no written image (every input of theirs was rejected or a
+    duplicate at decode time). Label ids are fixed before shards are written, so such a class keeps
+    its id and its place in ``classes``; a model trained on the dataset gets an output nothing trains."""
+    splits = manifest.get("splits", {}).values()
+    empty = [(i, c) for i, c in enumerate(manifest.get("classes", []))
+             if not any(s.get("classes", {}).get(c) for s in splits)]
+    return [
+        f"class {c!r} (label id {i}) has no written image: every input with this label was rejected or a "
+        f"duplicate (see report.jsonl); it keeps its id so that written shards need no renumbering. Fix or "
+        f"drop those inputs and ingest again to remove it from the class list"
+        for i, c in empty
+    ]
+
+
 def summary(manifest: dict[str, Any]) -> str:
     """A human-readable summary: splits, classes, counts, rejects by reason."""
     c = manifest["counts"]
@@ -52,6 +67,9 @@ def summary(manifest: dict[str, Any]) -> str:
     ]
     for reason, n in c.get("rejected_by_reason", {}).items():
         lines.append(f"  rejected {reason}: {n}")
+    if c.get("dropped_fields"):
+        lines.append("fields    dropped (value did not fit the field): "
+                     + ", ".join(f"{field} in {n} sample(s)" for field, n in c["dropped_fields"].items()))
     splits = manifest["splits"]
     lines.append("")
     lines.append(f"{'split':<6} {'samples':>8} {'patients':>9} {'shards':>7} {'MB':>9}")
@@ -63,5 +81,5 @@ def summary(manifest: dict[str, Any]) -> str:
     lines.append(f"{'class':<{width}} " + " ".join(f"{n:>7}" for n in splits))
     for cls in manifest["classes"]:
         lines.append(f"{cls:<{width}} " + " ".join(f"{s['classes'].get(cls, 0):>7}" for s in splits.values()))
-    lines.extend(f"warning: {w}" for w in split_warnings(manifest))
+    lines.extend(f"warning: {w}" for w in split_warnings(manifest) + class_warnings(manifest))
     return "\n".join(lines)

@@ -24,6 +24,8 @@ class IngestConfig:
     multiframe: str = "middle"
     windows: dict[str, tuple[float, float]] = field(default_factory=lambda: {"CT": (40.0, 400.0)})
     patient_from: str = "auto"  # auto | column | dicom | file
+    max_megapixels: float = 64.0  # largest decoded frame; larger inputs are rejected 'too_large'
+    allow_burned_in: bool = False  # keep DICOMs with BurnedInAnnotation YES
 
     def __post_init__(self) -> None:
         if self.image_size < 16 or self.image_size > 4096:
@@ -41,6 +43,8 @@ class IngestConfig:
             raise ConfigError(f"--multiframe must be middle, first or reject, got {self.multiframe!r}")
         if self.patient_from not in ("auto", "column", "dicom", "file"):
             raise ConfigError(f"--patient-from must be auto, column, dicom or file, got {self.patient_from!r}")
+        if not 0 < self.max_megapixels < float("inf"):
+            raise ConfigError(f"--max-megapixels must be a positive number, got {self.max_megapixels}")
 
     def fingerprint_fields(self) -> dict:
         """The settings that determine the output; a resumed ingest must match them."""
@@ -52,6 +56,8 @@ class IngestConfig:
             "multiframe": self.multiframe,
             "windows": {k: list(v) for k, v in sorted(self.windows.items())},
             "patient_from": self.patient_from,
+            "max_megapixels": self.max_megapixels,
+            "allow_burned_in": self.allow_burned_in,
         }
 
 

@@ -1,7 +1,9 @@
 """Per-file processing: decode → de-identify → split → resize → encode. A pure function per file.
 
-A bad file never raises: it becomes a :class:`Reject` with a reason code. Work crosses into Ray tasks
-as plain data (a :class:`Context` and a list of :class:`InputRow`).
+A bad file never raises: it becomes a :class:`Reject` with a reason code. Results name their input by
+its keyed pseudonym (:func:`~radimagenet.ingest.deid.source_pseudonym`), never by its path, and a
+reject's detail is made path-free. Work crosses into Ray tasks as plain data (a :class:`Context` and a
+list of :class:`InputRow`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import functools
 import io
 import json
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +20,7 @@ import xxhash
 
 from radimagenet.dataset.format import Sample
 from radimagenet.ingest import decode
-from radimagenet.ingest.deid import clean_meta, patient_key, split_of
+from radimagenet.ingest.deid import clean_meta, patient_key, source_pseudonym, split_of
 from radimagenet.ingest.sources import InputRow
 
 
@@ -36,10 +39,19 @@ class Context:
 
 @dataclass
 class Reject:
+    """An input that did not become a sample: ``source`` is its pseudonym, ``detail`` path-free."""
+
     index: int
     source: str
     reason: str
     detail: str
+
+
+@dataclass
+class Processed(Sample):
+    """A sample and the whitelisted fields whose values were dropped (did not fit the field)."""
+
+    dropped: tuple[str, ...] = ()
 
 
 class MaskMismatch(Exception):
@@ -98,32 +110,37 @@ def _patient_identity(row: InputRow, decoded: decode.Decoded, ctx: Context) -> t
 
 
 def process_row(row: InputRow, ctx: Context) -> Sample | Reject:
-    """Turn one input into a sample, or a reject with a reason."""
+    """Turn one input into a sample, or a reject with a reason (both named by the input's pseudonym)."""
+    source = source_pseudonym(ctx.secret, row.source)
     if row.problem:
-        return Reject(row.index, row.source, *row.problem)
+        reason, detail = row.problem
+        return Reject(row.index, source, reason, path_free(detail, row))
     if not os.path.isfile(row.path):
-        return Reject(row.index, row.source, "missing_file", f"{row.source} does not exist or is not a file")
+        return Reject(row.index, source, "missing_file", "the file does not exist or is not a file")
     try:
         decoded = decode.decode_file(row.path, ctx.decode_cfg)
-        mask = _load_mask(row, decoded.image.shape, ctx.image_size)
+        mask = _load_mask(row, decoded.image.shape, ctx.image_size, ctx.decode_cfg)
     except MaskMismatch as exc:
-        return Reject(row.index, row.source, "mask_size_mismatch", str(exc))
+        return Reject(row.index, source, "mask_size_mismatch", path_free(str(exc), row))
     except decode.Rejected as exc:
-        return Reject(row.index, row.source, exc.reason, exc.detail)
+        return Reject(row.index, source, exc.reason, path_free(exc.detail, row))
     except Exception as exc:  # noqa: BLE001 - a bug in one file's decoding must not stop the run
-        return Reject(row.index, row.source, "decode_failed", f"{type(exc).__name__}: {exc}")
+        return Reject(row.index, source, "decode_failed", path_free(f"{type(exc).__name__}: {exc}", row))
     identity, origin = _patient_identity(row, decoded, ctx)
     if identity is None:
-        return Reject(row.index, row.source, "missing_patient_id", f"no patient ID ({origin}) for {row.source}")
+        return Reject(row.index, source, "missing_patient_id", f"no patient ID ({origin})")
     patient = patient_key(ctx.secret, identity)
     split = row.split or split_of(patient, ctx.fractions)
     label_id = ctx.class_ids[row.label]
-    meta = clean_meta(decoded.meta)
+    dropped: list[str] = []
+    meta = clean_meta(decoded.meta, dropped)
     meta.update(label=row.label, label_id=label_id, split=split, patient=patient, patient_source=origin)
+    if dropped:
+        meta["dropped_fields"] = dropped
     resized = decode.resize(decoded.image, ctx.image_size)
-    return Sample(
+    return Processed(
         index=row.index,
-        source=row.source,
+        source=source,
         key=pixel_key(decoded.image),
         split=split,
         patient=patient,
@@ -131,13 +148,30 @@ def process_row(row: InputRow, ctx: Context) -> Sample | Reject:
         image=encode_image(resized, ctx.encoding),
         meta=json.dumps(meta, sort_keys=True).encode(),
         mask=mask,
+        dropped=tuple(dropped),
     )
 
 
-def _load_mask(row: InputRow, shape: tuple[int, ...], size: int) -> bytes | None:
+# an absolute POSIX, home-relative or Windows path (not "0/255": a path starts the text or follows a space)
+_PATHLIKE = re.compile(r"(?:(?<=^)|(?<=[\s'\"(=:,\[]))(?:~|[A-Za-z]:)?[/\\][^\s'\",:;)\]]+")
+
+
+def path_free(detail: str, row: InputRow) -> str:
+    """``detail`` with every part of the row's paths (the path as given, absolute, its folder and file
+    name, the mask's) and anything else that looks like an absolute path replaced by ``<path>``."""
+    needles = set()
+    for p in (row.source, row.path, row.mask):
+        if p:
+            needles.update((p, os.path.dirname(p), os.path.basename(p)))
+    for needle in sorted((n for n in needles if len(n) >= 3), key=len, reverse=True):
+        detail = detail.replace(needle, "<path>")
+    return _PATHLIKE.sub("<path>", detail)
+
+
+def _load_mask(row: InputRow, shape: tuple[int, ...], size: int, cfg: decode.DecodeConfig) -> bytes | None:
     if row.mask is None:
         return None
-    mask = decode.decode_mask(row.mask)
+    mask = decode.decode_mask(row.mask, cfg)
     if mask.shape[:2] != tuple(shape[:2]):
         raise MaskMismatch(f"mask {mask.shape[1]}x{mask.shape[0]} does not match image {shape[1]}x{shape[0]}")
     return encode_mask(decode.resize_mask(mask, size))

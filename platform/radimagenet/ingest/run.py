@@ -4,6 +4,9 @@ the journal that makes an interrupted ingest resumable, then ``report.jsonl`` an
 Results are consumed in input order whatever the parallelism, so serial and parallel ingests write
 the same samples to the same shards. A shard is journaled (``_journal/``) once its upload completes;
 a re-run with the same arguments skips every input already in a journaled shard.
+
+Nothing on S3 names a source path: report lines and journal records name an input by its keyed
+pseudonym (``src-...``), and the pseudonym -> path map is written locally, beside the secret.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import hmac
 import json
 import os
 import sys
@@ -24,7 +28,13 @@ from radimagenet.dataset.writer import ShardRecord, ShardWriter
 from radimagenet.errors import ConfigError
 from radimagenet.ingest import decode
 from radimagenet.ingest.config import IngestConfig
-from radimagenet.ingest.deid import secret_fingerprint
+from radimagenet.ingest.deid import (
+    count_dropped,
+    record_sources,
+    secret_fingerprint,
+    source_map_path,
+    source_pseudonym,
+)
 from radimagenet.ingest.process import Context, Reject, process_rows
 from radimagenet.ingest.sources import InputRow, class_list, read_inputs
 from radimagenet.io import storage
@@ -36,24 +46,30 @@ def _journal(out: S3Uri) -> S3Uri:
     return out.join("_journal")
 
 
-def load_journal(out: S3Uri) -> tuple[dict | None, list[ShardRecord]]:
-    """The fingerprint and finished shards of an unfinished ingest at ``out`` (None, [] if none)."""
+def load_journal(out: S3Uri) -> tuple[dict | None, list[ShardRecord], dict[int, list[str]]]:
+    """The fingerprint, finished shards and dropped fields (input index -> field names) of an unfinished
+    ingest at ``out`` (None, [], {} if none)."""
     uris = storage.list_keys(_journal(out))
     config = None
     records = []
+    dropped: dict[int, list[str]] = {}
     for uri in uris:
         name = uri.rsplit("/", 1)[-1]
         if name == "config.json":
             config = storage.read_json(uri)
         elif name.endswith(".json"):
-            records.append(ShardRecord(**storage.read_json(uri)))
+            data = storage.read_json(uri)
+            dropped.update((int(i), fields) for i, fields in data.pop("dropped_fields", {}).items())
+            records.append(ShardRecord(**data))
     records.sort(key=lambda r: (r.split, r.index))
-    return config, records
+    return config, records, dropped
 
 
-def _journal_shard(out: S3Uri, record: ShardRecord) -> None:
+def _journal_shard(out: S3Uri, record: ShardRecord, dropped: dict[int, tuple[str, ...]]) -> None:
     # vars, not dataclasses.asdict: asdict deep-copies every member dict (17 us per sample)
-    storage.write_json(_journal(out).join(f"{record.split}-{record.index:06d}.json"), vars(record))
+    mine = {str(m["index"]): list(dropped[m["index"]]) for m in record.members if m["index"] in dropped}
+    storage.write_json(_journal(out).join(f"{record.split}-{record.index:06d}.json"),
+                       vars(record) | {"dropped_fields": mine} if mine else vars(record))
 
 
 def _clear_journal(out: S3Uri) -> None:
@@ -63,8 +79,8 @@ def _clear_journal(out: S3Uri) -> None:
 
 # --- pre-flight ------------------------------------------------------------------------------------
 
-def preflight(cfg: IngestConfig, fingerprint: dict) -> list[ShardRecord]:
-    """Fail fast on misconfiguration; return the shards of an unfinished ingest to resume."""
+def preflight(cfg: IngestConfig, fingerprint: dict) -> tuple[list[ShardRecord], dict[int, list[str]]]:
+    """Fail fast on misconfiguration; return the shards (and dropped fields) of an unfinished ingest."""
     out = storage.parse_uri(cfg.out)
     if not out.key:
         raise ConfigError(f"--out {cfg.out} needs a prefix inside the bucket (s3://BUCKET/datasets/NAME)")
@@ -74,12 +90,19 @@ def preflight(cfg: IngestConfig, fingerprint: dict) -> list[ShardRecord]:
             f"a dataset already exists at {cfg.out} (manifest.json is there); choose another --out "
             f"or delete it first"
         )
-    previous, records = load_journal(out)
+    previous, records, dropped = load_journal(out)
     if previous is None:
         if storage.list_keys(out):
             raise ConfigError(f"{cfg.out} is not empty and holds no unfinished ingest; choose an empty prefix")
         storage.write_json(_journal(out).join("config.json"), fingerprint)
-        return []
+        return [], {}
+    if previous.get("secret_fingerprint") != fingerprint["secret_fingerprint"]:
+        raise ConfigError(
+            f"an unfinished ingest at {cfg.out} was started under another de-identification secret (fingerprint "
+            f"{previous.get('secret_fingerprint')}, this one {fingerprint['secret_fingerprint']}); finish it "
+            f"with that secret (--secret-file, $RADIMAGENET_DEID_SECRET or the default location), or choose "
+            f"another --out"
+        )
     if previous != fingerprint:
         changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
         raise ConfigError(
@@ -87,12 +110,14 @@ def preflight(cfg: IngestConfig, fingerprint: dict) -> list[ShardRecord]:
             f"with the same arguments to finish it, or choose another --out"
         )
     storage.abort_multipart_uploads(out)
-    return records
+    return records, dropped
 
 
 def fingerprint_of(cfg: IngestConfig, rows: list[InputRow], classes: list[str], secret: bytes) -> dict:
-    """Everything that must match for a re-run to continue an unfinished ingest."""
-    inputs = hashlib.sha256("\n".join(f"{r.source}\t{r.label}" for r in rows).encode()).hexdigest()
+    """Everything that must match for a re-run to continue an unfinished ingest (the inputs as an
+    HMAC-SHA256 keyed with the secret: it goes to S3, and a plain hash of a short path list is guessable)."""
+    text = "\n".join(f"{r.source}\t{r.label}" for r in rows).encode("utf-8", "surrogateescape")
+    inputs = hmac.new(secret, text, hashlib.sha256).hexdigest()
     return {
         **cfg.fingerprint_fields(),
         "inputs_sha256": inputs,
@@ -143,10 +168,11 @@ def _take(it: Iterator, n: int) -> list:
 class _State:
     """Cross-file bookkeeping of the driver."""
 
-    first_of_key: dict[str, tuple[str, str]]  # key -> (source, split) of the written copy
+    first_of_key: dict[str, tuple[str, str]]  # key -> (source pseudonym, split) of the written copy
     split_of_patient: dict[str, str]
     lines: dict[int, dict[str, Any]]  # input index -> report line
     rejected: int = 0  # rejects so far (the progress bar's count, kept O(1) per chunk)
+    dropped: dict[int, tuple[str, ...]] = dataclasses.field(default_factory=dict)  # written index -> fields
 
     def handle(self, res: Sample | Reject, writers: dict[str, ShardWriter]) -> None:
         if isinstance(res, Reject):
@@ -163,6 +189,9 @@ class _State:
             self.lines[res.index] = _line(res.source, "rejected", reason=reason)
             self.rejected += 1
             return
+        dropped = getattr(res, "dropped", ())
+        if dropped:  # before write: a full shard is journaled (with these) from the writer's thread
+            self.dropped[res.index] = dropped
         writers[res.split].write(res)
         self.first_of_key[res.key] = (res.source, res.split)
         self.lines[res.index] = _line(res.source, "written", key=res.key, split=res.split)
@@ -198,8 +227,11 @@ def software_versions() -> dict[str, str]:
 
 
 def build_manifest(cfg: IngestConfig, classes: list[str], records: list[ShardRecord],
-                   lines: list[dict], fingerprint: dict, has_masks: bool) -> dict:
-    """The completion record of a dataset (see docs/design.md)."""
+                   lines: list[dict], fingerprint: dict, has_masks: bool, *,
+                   origin: dict[str, str | None] | None = None, dropped_fields: dict[str, int] | None = None,
+                   ) -> dict:
+    """The completion record of a dataset (see docs/design.md). ``origin``: the pseudonyms of SOURCE
+    and the labels file (never their paths); ``dropped_fields``: field -> samples whose value did not fit."""
     splits: dict[str, Any] = {}
     for split in SPLITS:
         recs = [r for r in records if r.split == split]
@@ -228,11 +260,13 @@ def build_manifest(cfg: IngestConfig, classes: list[str], records: list[ShardRec
             "rejected": status.get("rejected", 0),
             "duplicates": status.get("duplicate", 0),
             "rejected_by_reason": dict(sorted(reasons.items())),
+            "dropped_fields": dict(dropped_fields or {}),
+            "classes_without_images": [c for c in classes if not any(s["classes"][c] for s in splits.values())],
         },
         "digest": dataset_digest(records, cfg),
         "ingest": {
-            "source": str(Path(cfg.source).expanduser().resolve()),
-            "labels": cfg.labels,
+            "source": (origin or {}).get("source"),
+            "labels": (origin or {}).get("labels"),
             "image_size": cfg.image_size,
             "encoding": cfg.encoding,
             "split_fractions": list(cfg.split_fractions),
@@ -258,23 +292,39 @@ def _remove_orphans(out: S3Uri, records: list[ShardRecord]) -> None:
 
 # --- the driver ------------------------------------------------------------------------------------
 
-def ingest(cfg: IngestConfig, secret: bytes, progress: bool | None = None) -> dict:
-    """Run (or finish) an ingest and return its manifest."""
+def _record_sources(cfg: IngestConfig, rows: list[InputRow], secret: bytes, map_path: Path) -> dict[str, str | None]:
+    """Write the local pseudonym -> path map; return the pseudonyms of SOURCE and the labels file."""
+    root = str(Path(cfg.source).expanduser().resolve())
+    labels = str(Path(cfg.labels).expanduser().resolve()) if cfg.labels else None
+    items = [("input", r.source, r.path) for r in rows] + [("source", root, root)]
+    if labels:
+        items.append(("labels", labels, labels))
+    record_sources(map_path, cfg.out.rstrip("/"), secret, items)
+    return {"source": source_pseudonym(secret, root), "labels": labels and source_pseudonym(secret, labels)}
+
+
+def ingest(cfg: IngestConfig, secret: bytes, progress: bool | None = None, source_map: Path | None = None) -> dict:
+    """Run (or finish) an ingest and return its manifest. The map from the source pseudonyms of the
+    report back to paths is written locally to ``source_map`` (default: ``deid.source_map_path``)."""
     out = storage.parse_uri(cfg.out)
     rows = read_inputs(cfg.source, cfg.labels)
     classes = class_list(rows)
     if not classes:
-        raise ConfigError(f"no usable labels in {cfg.labels or cfg.source}")
+        where = "in the labels file (--labels)" if cfg.labels else "under SOURCE (no file is inside a label folder)"
+        raise ConfigError(f"no usable labels {where}")
     fingerprint = fingerprint_of(cfg, rows, classes, secret)
-    done = preflight(cfg, fingerprint)
+    done, dropped = preflight(cfg, fingerprint)
+    origin = _record_sources(cfg, rows, secret, source_map or source_map_path(cfg.out))
     has_masks = any(r.mask for r in rows)
     ctx = Context(
         class_ids={c: i for i, c in enumerate(classes)},
-        decode_cfg=decode.DecodeConfig(windows=dict(cfg.windows), multiframe=cfg.multiframe),
+        decode_cfg=decode.DecodeConfig(windows=dict(cfg.windows), multiframe=cfg.multiframe,
+                                       max_megapixels=cfg.max_megapixels, allow_burned_in=cfg.allow_burned_in),
         image_size=cfg.image_size, encoding=cfg.encoding, secret=secret,
         fractions=tuple(cfg.split_fractions), patient_from=cfg.patient_from,
     )
     state = _State(first_of_key={}, split_of_patient={}, lines={})
+    state.dropped.update((i, tuple(fields)) for i, fields in dropped.items())
     for rec in done:
         for m in rec.members:
             state.first_of_key[m["key"]] = (m["source"], rec.split)
@@ -283,7 +333,7 @@ def ingest(cfg: IngestConfig, secret: bytes, progress: bool | None = None) -> di
     records = list(done)
 
     def on_shard(record: ShardRecord) -> None:
-        _journal_shard(out, record)
+        _journal_shard(out, record, state.dropped)
         records.append(record)
 
     pending = [r for r in rows if r.index not in state.lines]
@@ -311,7 +361,9 @@ def ingest(cfg: IngestConfig, secret: bytes, progress: bool | None = None) -> di
     _remove_orphans(out, records)
     report = "".join(json.dumps(line) + "\n" for line in lines).encode()
     storage.write_bytes(out.join("report.jsonl"), report, "application/x-ndjson")
-    manifest = build_manifest(cfg, classes, records, lines, fingerprint, has_masks)
+    dropped_fields = count_dropped(state.dropped.get(m["index"], ()) for r in records for m in r.members)
+    manifest = build_manifest(cfg, classes, records, lines, fingerprint, has_masks, origin=origin,
+                              dropped_fields=dropped_fields)
     storage.write_json(manifest_uri(str(out)), manifest)
     _clear_journal(out)
     return manifest

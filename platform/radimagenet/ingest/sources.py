@@ -1,15 +1,29 @@
 """What to read: a labels CSV (``path,label[,patient_id][,split][,mask]``) or a folder layout.
 
+    rows = read_inputs("corpus", "corpus/labels.csv")   # or read_inputs("corpus", None): folder layout
+    classes = class_list(rows)                           # index in this list = label id
+
 The folder layout is RadImageNet's released one: the relative directory of a file is its label
 (``CT/lung/nodule/0001.png`` -> ``CT/lung/nodule``; flat ``US/gb/0001.png`` -> ``US/gb``).
 Every input becomes an :class:`InputRow` with a stable index (its order in the source); rows that
 cannot even be read as rows carry a ``problem`` and end as rejected, never silently dropped.
+
+Nothing outside SOURCE is ever read: a CSV path or mask that resolves outside it (absolute, ``..``,
+a symlink out) and a link in the folder that points outside it are ``outside_source`` rows. A file
+name that is not valid UTF-8 is a ``bad_filename`` row (shown with its bytes escaped, ``\\xff``); a
+label with a control, format or line-separator character is a ``bad_label`` row. A ``problem``
+detail never holds the path (the row's ``source`` does).
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import functools
+import io
 import os
+import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +32,8 @@ from radimagenet.errors import ConfigError
 REQUIRED_COLUMNS = ("path", "label")
 OPTIONAL_COLUMNS = ("patient_id", "split", "mask")
 SPLIT_NAMES = ("train", "val", "test")
+# control (\n \t \x00 ...), invisible format (bidi overrides, zero-width) and line/paragraph separators
+_BAD_LABEL_CATEGORIES = ("Cc", "Cf", "Zl", "Zp", "Cs")
 
 
 @dataclass(frozen=True)
@@ -25,8 +41,8 @@ class InputRow:
     """One input: a file (and its row in labels.csv, if any)."""
 
     index: int
-    source: str  # the path as given (CSV cell, or the path relative to SOURCE)
-    path: str  # absolute path to read
+    source: str  # the path as given (CSV cell, or the path relative to SOURCE; non-UTF-8 bytes escaped)
+    path: str  # absolute path to read ("" when the row has a problem that forbids reading)
     label: str
     patient_id: str | None = None  # identifying: only ever hashed
     split: str | None = None
@@ -34,44 +50,132 @@ class InputRow:
     problem: tuple[str, str] | None = None  # (reason, detail) when the row itself is unusable
 
 
+# --- checks shared by both layouts -----------------------------------------------------------------
+
+def _inside(path: str, root: str) -> bool:
+    """Whether the resolved ``path`` is ``root`` or below it (both already resolved)."""
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _resolve(root: str, given: str) -> str | None:
+    """``given`` (relative to ``root``, or absolute) with every symlink and ``..`` resolved; None if
+    it cannot be a path at all (an embedded NUL)."""
+    try:
+        return os.path.realpath(os.path.join(root, given))
+    except (ValueError, OSError):
+        return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _label_problem(label: str) -> str | None:
+    """Why ``label`` cannot be a class name (a control, format or line-separator character), or None."""
+    for ch in label:
+        if unicodedata.category(ch) in _BAD_LABEL_CATEGORIES:
+            return f"the label has a control character (U+{ord(ch):04X})"
+    return None
+
+
+def _is_utf8(name: str) -> bool:
+    """False for a name decoded with surrogate escapes (a file name whose bytes are not UTF-8)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def escape_name(name: str) -> str:
+    """A printable, JSON-safe form of a file name: bytes that are not UTF-8 become ``\\xNN``."""
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that no file system produced
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+# --- labels CSV ------------------------------------------------------------------------------------
+
 def read_labels_csv(source: Path, labels: Path) -> list[InputRow]:
     """Rows of a labels CSV; paths are relative to ``source``. Missing columns fail fast."""
     if not labels.is_file():
         raise ConfigError(f"labels file {labels} does not exist")
-    with labels.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
+    root = os.path.realpath(source)
+    reader = csv.reader(io.StringIO(_decode_labels(labels), newline=""))
+    out: list[InputRow] = []
+    try:
+        columns = [c.strip() for c in next(reader, [])]
         missing = [c for c in REQUIRED_COLUMNS if c not in columns]
         if missing:
             raise ConfigError(
                 f"{labels}: missing column(s) {missing}; expected a header with "
                 f"{', '.join(REQUIRED_COLUMNS)} and optionally {', '.join(OPTIONAL_COLUMNS)}"
             )
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
-    out = [_row_from_csv(i, r, source, i + 2) for i, r in enumerate(rows)]
+        start = reader.line_num + 1
+        for cells in reader:  # a quoted cell may span lines: a row starts where the previous one ended
+            line, start = start, reader.line_num + 1
+            if not cells:
+                continue
+            r = {col: cell.strip() for col, cell in zip(columns, cells, strict=False)}
+            extra = sum(1 for cell in cells[len(columns):] if cell.strip())
+            out.append(_row_from_csv(len(out), r, root, line, extra))
+    except csv.Error as exc:
+        raise ConfigError(f"{labels} line {reader.line_num}: not a readable CSV row ({exc})") from None
     check_split_column(out, labels)
     return out
 
 
-def _row_from_csv(index: int, r: dict[str, str], source: Path, line: int) -> InputRow:
-    given = r.get("path", "")
+def _decode_labels(labels: Path) -> str:
+    """The text of a UTF-8 labels file (a BOM is dropped); otherwise fail with the byte offset."""
+    try:
+        data = labels.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read labels file {labels}: {exc.strerror or exc}") from None
+    skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return str(memoryview(data)[skip:], "utf-8")
+    except UnicodeDecodeError as exc:
+        offset = skip + exc.start
+        line = data.count(b"\n", 0, offset) + 1
+        raise ConfigError(
+            f"{labels}: not valid UTF-8 at byte offset {offset} (line {line}, byte 0x{data[offset]:02x}); "
+            f"save the labels file as UTF-8"
+        ) from None
+
+
+def _row_from_csv(index: int, r: dict[str, str], source: str, line: int, extra: int = 0) -> InputRow:
+    """One CSV row as an input; ``extra`` counts non-empty cells beyond the header (an unquoted comma)."""
+    where = f"labels.csv line {line}"
+    given, label = r.get("path", ""), r.get("label", "")
+    split = r.get("split") or None
+    mask_given = r.get("mask") or None
+    path = _resolve(source, given) if given else None
+    mask = _resolve(source, mask_given) if mask_given else None
     problem = None
     if not given:
-        problem = ("bad_row", f"labels.csv line {line}: empty path")
-    elif not r.get("label"):
-        problem = ("missing_label", f"labels.csv line {line}: empty label")
-    split = r.get("split") or None
-    if split is not None and split not in SPLIT_NAMES and problem is None:
-        problem = ("bad_split", f"labels.csv line {line}: split {split!r} is not one of {SPLIT_NAMES}")
-    mask = r.get("mask") or None
+        problem = ("bad_row", f"{where}: empty path")
+    elif extra:
+        problem = ("bad_row", f"{where}: {extra} cell(s) more than the header (quote a path with a comma)")
+    elif path is None or (mask_given and mask is None):
+        problem = ("bad_row", f"{where}: the path or mask holds a NUL character")
+    elif not _inside(path, source):
+        problem = ("outside_source", f"{where}: the path leaves SOURCE (absolute, '..' or a link out); not read")
+    elif mask is not None and not _inside(mask, source):
+        problem = ("outside_source", f"{where}: the mask path leaves SOURCE (absolute, '..' or a link out); "
+                   f"not read")
+    elif not label:
+        problem = ("missing_label", f"{where}: empty label")
+    elif _label_problem(label):
+        problem = ("bad_label", f"{where}: {_label_problem(label)}")
+    elif split is not None and split not in SPLIT_NAMES:
+        problem = ("bad_split", f"{where}: split {split!r} is not one of {SPLIT_NAMES}")
+    unreadable = problem is not None and problem[0] in ("bad_row", "outside_source")
     return InputRow(
         index=index,
         source=given or f"<labels.csv line {line}>",
-        path=str((source / given).resolve()) if given else "",
-        label=r.get("label", ""),
+        path="" if unreadable or path is None else path,
+        label=label,
         patient_id=r.get("patient_id") or None,
         split=split,
-        mask=str((source / mask).resolve()) if mask else None,
+        mask=None if unreadable else mask,
         problem=problem,
     )
 
@@ -90,22 +194,83 @@ def check_split_column(rows: list[InputRow], labels: Path) -> None:
             )
 
 
+# --- folder layout ---------------------------------------------------------------------------------
+
 def scan_folder(source: Path) -> list[InputRow]:
-    """Every file under ``source`` (sorted); its relative directory is the label."""
+    """Every file under ``source`` (sorted, depth first); its relative directory is the label.
+
+    Folder links are never followed (one pointing outside SOURCE is an ``outside_source`` row, one
+    inside is skipped: its files are listed where they are); a file link is read only when its target
+    is inside SOURCE. A folder that cannot be listed is an ``unreadable`` row.
+    """
     if not source.is_dir():
         raise ConfigError(f"source folder {source} does not exist")
-    files: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(source):
-        dirnames.sort()
-        files.extend(os.path.join(dirpath, name) for name in sorted(filenames))
-    rows = []
-    for i, path in enumerate(files):
-        rel = os.path.relpath(path, source)
-        label = os.path.dirname(rel).replace(os.sep, "/")
-        problem = None if label else ("missing_label", f"{rel} is not inside a label folder")
-        rows.append(InputRow(index=i, source=rel, path=path, label=label, problem=problem))
+    root = os.path.realpath(source)
+    rows: list[InputRow] = []
+    stack = [""]  # relative folders still to list; popped in sorted order
+    while stack:
+        rel_dir = stack.pop()
+        try:
+            with os.scandir(os.path.join(root, rel_dir)) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            if not rel_dir:
+                raise ConfigError(f"cannot list source folder {source}: {exc.strerror or exc}") from None
+            rows.append(_folder_row(len(rows), rel_dir, "", ("unreadable", "this folder cannot be listed")))
+            continue
+        subdirs = []
+        for entry in entries:
+            rel = os.path.join(rel_dir, entry.name)
+            if _entry_is(entry.is_dir, follow_symlinks=False):
+                subdirs.append(rel)
+                continue
+            row = _folder_entry(len(rows), rel, entry, root)
+            if row is not None:
+                rows.append(row)
+        stack.extend(reversed(subdirs))
     return rows
 
+
+def _folder_entry(index: int, rel: str, entry: os.DirEntry, root: str) -> InputRow | None:
+    """The row of one non-directory entry of the scan (None: a folder link inside SOURCE, skipped)."""
+    if not _entry_is(entry.is_symlink):
+        return _folder_row(index, rel, entry.path, None)
+    target = os.path.realpath(entry.path)
+    inside = _inside(target, root)
+    if os.path.isdir(target):
+        if inside:
+            return None
+        return _folder_row(index, rel, "", ("outside_source", "a folder link that leaves SOURCE; not followed"))
+    if not inside:
+        return _folder_row(index, rel, "", ("outside_source", "a file link that leaves SOURCE; not read"))
+    return _folder_row(index, rel, target, None)
+
+
+def _entry_is(test: Callable[..., bool], **kwargs: bool) -> bool:
+    """``entry.is_dir()`` / ``is_symlink()``, False when the entry vanished or cannot be stat'ed."""
+    try:
+        return test(**kwargs)
+    except OSError:
+        return False
+
+
+def _folder_row(index: int, rel: str, path: str, problem: tuple[str, str] | None) -> InputRow:
+    """A folder-layout row: label from the relative folder; name and label checks after ``problem``."""
+    label = os.path.dirname(rel).replace(os.sep, "/")
+    utf8 = _is_utf8(rel)
+    if problem is None and not utf8:
+        problem = ("bad_filename", "the file or folder name is not valid UTF-8 (shown with \\x escapes); "
+                   "rename it")
+    elif problem is None and not label:
+        problem = ("missing_label", "the file is not inside a label folder")
+    elif problem is None and _label_problem(label):
+        problem = ("bad_label", f"folder name: {_label_problem(label)}")
+    if not utf8:
+        rel, label = escape_name(rel), escape_name(label)
+    return InputRow(index=index, source=rel, path="" if problem else path, label=label, problem=problem)
+
+
+# --- both ------------------------------------------------------------------------------------------
 
 def read_inputs(source: str, labels: str | None) -> list[InputRow]:
     """Rows from ``labels`` when given, else from the folder layout under ``source``."""
@@ -119,5 +284,10 @@ def read_inputs(source: str, labels: str | None) -> list[InputRow]:
 
 
 def class_list(rows: list[InputRow]) -> list[str]:
-    """Sorted distinct labels of the usable rows: index in this list = label id."""
+    """Sorted distinct labels of the usable rows: index in this list = label id.
+
+    A class whose every row has a problem here is not in the list; one whose files are all rejected
+    later (at decode) keeps its id, since ids are fixed before shards are written; the manifest then
+    lists it under ``counts.classes_without_images``.
+    """
     return sorted({r.label for r in rows if r.label and r.problem is None})

@@ -6,9 +6,10 @@
 Anything that cannot become a training sample raises :class:`Rejected` with a stable reason code
 from :data:`REJECT_REASONS`; ``detail`` never contains PHI or the file path.
 
-DICOM pipeline (pydicom 3): one ``dcmread``, header sanity checks (before decoding), the length
-check of native pixel data (pydicom silently reads many truncated files), decoding of ONE frame
-(multi-frame policy), then colour/palette -> luma, and the modality LUT (rescale) + VOI
+DICOM pipeline (pydicom 3): one ``dcmread``, header sanity checks (before decoding: geometry, the
+megapixel limit ``too_large``, BurnedInAnnotation), the length check of native pixel data (pydicom
+silently reads many truncated files), decoding of ONE frame (multi-frame policy; a large native
+multi-frame file has only that frame's bytes read), then colour/palette -> luma, and the modality LUT (rescale) + VOI
 (file window, configured default, or percentile min-max) + MONOCHROME1 inversion folded into a
 single float32 multiply-add, clipped in place and cast to uint8. Native and RLE grey frames take
 fast paths equal to pydicom's decoders, JPEG-LS goes to CharLS (pyjpegls) first; everything else,
@@ -58,7 +59,7 @@ def decode_file(path: str | Path, cfg: DecodeConfig = DecodeConfig()) -> Decoded
                 head = f.read(132)
                 if head[128:132] == b"DICM":
                     f.seek(0)
-                    ds = _read_dicom(f)
+                    ds = _read_dicom(f, cfg.max_megapixels)
                     f.seek(-8, 2)
                     return _decode_dicom(ds, cfg, tail=f.read(8))
         except OSError as exc:

@@ -25,8 +25,23 @@ REJECT_REASONS: dict[str, str] = {
     "too_small": "rows or columns below the configured minimum size",
     "blank": "no contrast after windowing (every output pixel has the same value)",
     "bad_mask": "a mask file that is not a 0/1, 0/255 or small-label image, or a SEG without segments",
+    "too_large": "a frame (or mask) whose declared size exceeds the megapixel limit (--max-megapixels)",
+    "burned_in_annotation": "BurnedInAnnotation is YES (text in the pixels) and --allow-burned-in is not set",
+    "outside_source": "a labels path or mask, or a link in the folder, that resolves outside SOURCE "
+    "(absolute path, '..', a symlink out); never read",
+    "bad_filename": "a file or folder name that is not valid UTF-8 (shown with its bytes escaped, \\xff)",
+    "bad_label": "a label with a control, invisible format or line-separator character (\\n, \\t, \\x00 ...)",
+    # reasons of the rows and the driver, before or after decoding
+    "missing_file": "the labels file names a file that does not exist or is not a regular file",
+    "bad_row": "a labels row without a path, with extra cells or a NUL in its path",
+    "missing_label": "a labels row without a label, or a file not inside a label folder",
+    "bad_split": "a split column value that is not train, val or test",
+    "split_conflict": "the patient is already in another split than the labels file gives this row",
+    "mask_size_mismatch": "the mask's pixel grid differs from its image's",
+    "missing_patient_id": "no patient identity where --patient-from requires one",
 }
 
+_PIXEL_TAGS = {"PixelData": 0x7FE00010, "FloatPixelData": 0x7FE00008, "DoubleFloatPixelData": 0x7FE00009}
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _EOF_WARNING = "End of file reached before delimiter"
@@ -57,7 +72,9 @@ class DecodeConfig:
     min-max of the modality-LUT output. ``multiframe``: "middle" | "first" | "reject".
     ``full_range_8bit``: images that are already display-ready and have no VOI (colour/palette
     images, unsigned 8-bit grey without rescale) map their full stored range to 0..255
-    (identity for 8-bit) instead of being percentile-stretched.
+    (identity for 8-bit) instead of being percentile-stretched. ``max_megapixels``: the largest
+    decoded frame (checked from the header, before any pixel allocation; see :func:`_check_size`).
+    ``allow_burned_in``: keep DICOMs whose BurnedInAnnotation is YES (rejected by default).
     """
 
     windows: dict[str, tuple[float, float]] = field(default_factory=lambda: {"CT": (40.0, 400.0)})
@@ -65,12 +82,16 @@ class DecodeConfig:
     min_size: int = 16
     use_file_window: bool = True
     full_range_8bit: bool = True  # display-ready 8-bit data (and colour) keep their stored levels
+    max_megapixels: float = 64.0
+    allow_burned_in: bool = False
 
     def __post_init__(self) -> None:
         if self.multiframe not in _MULTIFRAME_POLICIES:
             raise ValueError(f"multiframe must be one of {_MULTIFRAME_POLICIES}, not {self.multiframe!r}")
         if self.min_size < 1:
             raise ValueError(f"min_size must be >= 1, not {self.min_size}")
+        if not self.max_megapixels > 0:  # also refuses NaN
+            raise ValueError(f"max_megapixels must be > 0, not {self.max_megapixels}")
         for modality, (_, width) in self.windows.items():
             if not width > 0:
                 raise ValueError(f"window width for {modality} must be > 0, not {width}")
@@ -104,6 +125,22 @@ def _frame_index(frames: int, cfg: DecodeConfig) -> int | None:
     if cfg.multiframe == "reject":
         raise Rejected("multiframe", f"{frames} frames and the multi-frame policy is 'reject'")
     return 0 if cfg.multiframe == "first" else frames // 2
+
+
+def _check_size(rows: int, cols: int, samples: int, bits_allocated: int, max_megapixels: float) -> None:
+    """Rejected('too_large') when one decoded frame of the declared size is above the limit: more
+    than ``max_megapixels`` pixels, or more bytes than a float32 frame of that many pixels (the
+    allocation estimate: rows x columns x samples x bytes per sample; 1-bit data decodes to bytes)."""
+    pixels = rows * cols
+    limit = max_megapixels * 1e6
+    if pixels > limit:
+        raise Rejected("too_large", f"{rows} x {cols} = {pixels / 1e6:.1f} megapixels per frame, above the "
+                       f"limit of {max_megapixels:g} (raise it with --max-megapixels)")
+    nbytes = pixels * samples * max((bits_allocated + 7) // 8, 1)
+    if nbytes > 4 * limit:
+        raise Rejected("too_large", f"a decoded {rows} x {cols} x {samples} x {bits_allocated}-bit frame needs "
+                       f"{nbytes / 2**20:.0f} MiB, above 4 bytes x {max_megapixels:g} megapixels "
+                       "(raise it with --max-megapixels)")
 
 
 def _short(exc: Exception) -> str:

@@ -4,14 +4,21 @@ checks before decoding, then one frame through :mod:`.pixels` and windowing thro
 from __future__ import annotations
 
 import math
+import zlib
 from pathlib import Path
 from typing import Any
 
-from radimagenet.ingest.decode.common import DecodeConfig, Decoded, Rejected, _frame_index, _Geometry
-from radimagenet.ingest.decode.pixels import _check_decodable, _decode_pixels
+from radimagenet.ingest.decode.common import (
+    _PIXEL_TAGS,
+    DecodeConfig,
+    Decoded,
+    Rejected,
+    _check_size,
+    _frame_index,
+    _Geometry,
+)
+from radimagenet.ingest.decode.pixels import _check_decodable, _decode_pixels, _read_deferred_frame
 from radimagenet.ingest.decode.window import _check_not_blank, _colour_to_luma, _grey_to_uint8, _window_values
-
-_PIXEL_TAGS = {"PixelData": 0x7FE00010, "FloatPixelData": 0x7FE00008, "DoubleFloatPixelData": 0x7FE00009}
 
 # Every tag decoding needs, read ONCE by number: a Dataset lookup by keyword costs ~4 us.
 _HEADER_TAGS: dict[str, int] = {
@@ -33,6 +40,7 @@ _HEADER_TAGS: dict[str, int] = {
     "RescaleIntercept": 0x00281052,
     "RescaleSlope": 0x00281053,
     "VOILUTFunction": 0x00281056,
+    "BurnedInAnnotation": 0x00280301,
     "ModalityLUTSequence": 0x00283000,
     "VOILUTSequence": 0x00283010,
     "SharedFunctionalGroupsSequence": 0x52009229,
@@ -41,13 +49,19 @@ _HEADER_TAGS: dict[str, int] = {
 
 # ------------------------------------------------------------------------------- DICOM reading
 
+# Elements larger than this are not read by dcmread: native pixel data of a big multi-frame file is
+# then read one kept frame at a time (pixels._read_deferred_frame); smaller files read as before.
+_DEFER_BYTES = 64 * 1024 * 1024
 
-def _read_dicom(f) -> Any:
-    """``dcmread`` of an open file, any parse error -> Rejected('unreadable')."""
+
+def _read_dicom(f, max_megapixels: float = math.inf) -> Any:
+    """``dcmread`` of an open file, any parse error -> Rejected('unreadable'); a Deflated file is read
+    only if it inflates to at most 4 bytes x the megapixel limit (pydicom inflates it whole)."""
     from pydicom import dcmread
 
-    try:
-        ds = dcmread(f)
+    deflated = _check_inflated_size(f, 4e6 * max_megapixels)
+    try:  # pydicom cannot re-read a deferred element of an inflated dataset
+        ds = dcmread(f, defer_size=None if deflated else _DEFER_BYTES)
     except UserWarning:
         raise Rejected("truncated", "the file ends inside an undefined-length element") from None
     except Exception as exc:  # pydicom raises many types for corrupt headers
@@ -55,6 +69,39 @@ def _read_dicom(f) -> Any:
     if len(ds) == 0:
         raise Rejected("unreadable", "no data elements after the file meta information")
     return ds
+
+
+_DEFLATED_UID = b"1.2.840.10008.1.2.1.99"
+
+
+def _check_inflated_size(f, max_bytes: float) -> bool:
+    """Whether the file is Deflated Explicit VR; Rejected('too_large') if it inflates past ``max_bytes``,
+    measured in bounded steps (a deflate bomb: a few MB of zeros inflate to GBs). Others: one peek."""
+    start = f.tell()
+    head = f.read(4096)
+    f.seek(start)
+    if head[132:136] != b"\x02\x00\x00\x00":  # (0002,0000) File Meta Information Group Length
+        return False
+    meta_end = 144 + int.from_bytes(head[140:144], "little")
+    if _DEFLATED_UID not in head[144:meta_end]:
+        return False
+    if not math.isfinite(max_bytes):
+        return True
+    f.seek(start + meta_end)
+    inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
+    try:
+        data = f.read(1 << 20)
+        while data and not inflater.eof:
+            total += len(inflater.decompress(data, 1 << 22))
+            if total > max_bytes:
+                raise Rejected("too_large", f"the deflated dataset inflates to more than {max_bytes / 2**20:.0f} "
+                               "MiB (4 bytes x the megapixel limit; raise it with --max-megapixels)")
+            data = inflater.unconsumed_tail or f.read(1 << 20)
+    except zlib.error:
+        pass  # corrupt: dcmread names it
+    finally:
+        f.seek(start)
+    return True
 
 
 def _read_headerless_dicom(path: str | Path, head: bytes) -> Any | None:
@@ -67,7 +114,7 @@ def _read_headerless_dicom(path: str | Path, head: bytes) -> Any | None:
     from pydicom import dcmread
 
     try:
-        ds = dcmread(path, force=True)
+        ds = dcmread(path, force=True, defer_size=_DEFER_BYTES)
     except Exception:
         return None
     if not _pixel_keyword(ds):
@@ -85,7 +132,9 @@ def _pixel_keyword(ds: Any) -> str | None:
     return None
 
 
-_TEXT_TAGS = frozenset({"Modality", "BodyPartExamined", "PhotometricInterpretation", "VOILUTFunction"})
+_TEXT_TAGS = frozenset(
+    {"Modality", "BodyPartExamined", "PhotometricInterpretation", "VOILUTFunction", "BurnedInAnnotation"}
+)
 
 _NUMBER_STRING_TAGS = frozenset(
     {"NumberOfFrames", "PixelSpacing", "ImagerPixelSpacing", "WindowCenter", "WindowWidth"}
@@ -181,6 +230,7 @@ def _geometry(h: dict[str, Any], cfg: DecodeConfig) -> _Geometry:
         raise Rejected("bad_header", f"SamplesPerPixel is {samples}")
     if not photometric:
         raise Rejected("bad_header", "PhotometricInterpretation is missing")
+    _check_size(rows, cols, samples, bits_allocated, cfg.max_megapixels)
     if rows < cfg.min_size or cols < cfg.min_size:
         raise Rejected("too_small", f"{rows} x {cols} is below the minimum {cfg.min_size}")
     frames = _frame_count(h)
@@ -198,11 +248,14 @@ def _decode_dicom(ds: Any, cfg: DecodeConfig, tail: bytes | None = None) -> Deco
         _check_missing_pixels(ds)
     h = _header(ds)
     geo = _geometry(h, cfg)
+    _check_burned_in(h, cfg)
     tsyntax = _transfer_syntax(ds, keyword)
     index = _frame_index(geo.frames, cfg)
+    h = _frame_values(ds, h, index)
     _check_decodable(ds, keyword, tsyntax, geo)
     _check_encapsulated_end(ds, tsyntax, tail)
-    arr = _decode_pixels(ds, keyword, geo, index, tsyntax)
+    frame_geo, index = _read_deferred_frame(ds, keyword, geo, index)
+    arr = _decode_pixels(ds, keyword, frame_geo, index, tsyntax, cfg.max_megapixels)
     modality = str(h.get("Modality", "") or "").strip().upper()
     if geo.photometric in ("MONOCHROME1", "MONOCHROME2"):
         image, window = _grey_to_uint8(arr, ds, h, geo, modality, cfg)
@@ -214,6 +267,49 @@ def _decode_dicom(ds: Any, cfg: DecodeConfig, tail: bytes | None = None) -> Deco
     meta = _dicom_meta(h, geo, tsyntax, modality, window)
     patient_id = str(h.get("PatientID", "") or "").strip() or None
     return Decoded(image=image, meta=meta, patient_id=patient_id)
+
+
+_PER_FRAME_GROUPS = 0x52009230
+# Functional group macros (PS3.3 C.7.6.16.2) -> the header values they hold for their frame(s).
+_FUNCTIONAL_GROUPS: dict[str, tuple[str, ...]] = {
+    "PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept"),
+    "FrameVOILUTSequence": ("WindowCenter", "WindowWidth", "VOILUTFunction"),
+    "PixelMeasuresSequence": ("PixelSpacing",),
+}
+
+
+def _frame_values(ds: Any, h: dict[str, Any], index: int | None) -> dict[str, Any]:
+    """``h`` with the rescale, window and spacing of the kept frame of an enhanced multi-frame image:
+    the shared functional groups, then that frame's per-frame groups, over the top-level values.
+    Files without functional groups (every classic image) return ``h`` unchanged, at no cost."""
+    shared = h.get("SharedFunctionalGroupsSequence")
+    if not shared and _PER_FRAME_GROUPS not in ds:
+        return h
+    groups = [shared[0]] if shared else []
+    per_frame = ds[_PER_FRAME_GROUPS].value if _PER_FRAME_GROUPS in ds else None
+    if per_frame and len(per_frame) > (index or 0):
+        groups.append(per_frame[index or 0])
+    out = dict(h)
+    for group in groups:
+        for sequence, keywords in _FUNCTIONAL_GROUPS.items():
+            items = group.get(sequence)
+            if not items:
+                continue
+            for keyword in keywords:
+                value = items[0].get(keyword)
+                if value is not None and value != "":
+                    out[keyword] = value
+    return out
+
+
+def _check_burned_in(h: dict[str, Any], cfg: DecodeConfig) -> None:
+    """Rejected('burned_in_annotation') for BurnedInAnnotation YES unless the config allows it."""
+    if cfg.allow_burned_in:
+        return
+    value = h.get("BurnedInAnnotation")
+    if str(value or "").strip().upper() == "YES":
+        raise Rejected("burned_in_annotation", "BurnedInAnnotation is YES (identifying text may be in the "
+                       "pixels); use --allow-burned-in to keep such images")
 
 
 def _check_missing_pixels(ds: Any) -> None:
@@ -258,13 +354,9 @@ def _dicom_meta(
 
 
 def _pixel_spacing(h: dict[str, Any]) -> list[float] | None:
-    """PixelSpacing, ImagerPixelSpacing or the shared functional group's, as floats; else None."""
-    candidates = [h.get("PixelSpacing"), h.get("ImagerPixelSpacing")]
-    try:
-        candidates.append(h["SharedFunctionalGroupsSequence"][0].PixelMeasuresSequence[0].PixelSpacing)
-    except (AttributeError, IndexError, KeyError, TypeError):
-        pass
-    for value in candidates:
+    """PixelSpacing (the kept frame's functional group's for enhanced images) or ImagerPixelSpacing,
+    as floats; else None."""
+    for value in (h.get("PixelSpacing"), h.get("ImagerPixelSpacing")):
         try:
             spacing = [float(v) for v in value]
         except (TypeError, ValueError):

@@ -8,10 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from radimagenet.ingest.decode.common import _PNG_MAGIC, Rejected, _short
+from radimagenet.ingest.decode.common import _PNG_MAGIC, DecodeConfig, Rejected, _check_size, _short
 from radimagenet.ingest.decode.dicom import (
     _frame_count,
     _header,
+    _header_int,
     _pixel_keyword,
     _read_dicom,
     _transfer_syntax,
@@ -20,8 +21,9 @@ from radimagenet.ingest.decode.pil import _open_pil
 from radimagenet.ingest.decode.pixels import _check_decodable
 
 
-def decode_mask(path: str | Path) -> np.ndarray:
-    """A uint8 HxW label mask from a PNG (0/255 or 0/1 -> 0/1) or DICOM SEG (first segment)."""
+def decode_mask(path: str | Path, cfg: DecodeConfig = DecodeConfig()) -> np.ndarray:  # noqa: B008
+    """A uint8 HxW label mask from a PNG (0/255 or 0/1 -> 0/1) or DICOM SEG (first segment);
+    ``cfg.max_megapixels`` bounds its size (checked from the header, before decoding)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -29,16 +31,16 @@ def decode_mask(path: str | Path) -> np.ndarray:
         except OSError as exc:
             raise Rejected("unreadable", f"cannot read mask: {type(exc).__name__}") from None
         if head.startswith(_PNG_MAGIC):
-            return _normalise_labels(_pil_mask_array(path))
+            return _normalise_labels(_pil_mask_array(path, cfg.max_megapixels))
         if head[128:132] == b"DICM":
             with open(path, "rb") as f:
-                return _dicom_mask(_read_dicom(f))
+                return _dicom_mask(_read_dicom(f, cfg.max_megapixels), cfg.max_megapixels)
         raise Rejected("unsupported_format", "a mask must be a PNG or a DICOM (SEG) file")
 
 
-def _pil_mask_array(path: str | Path) -> np.ndarray:
+def _pil_mask_array(path: str | Path, max_megapixels: float) -> np.ndarray:
     """The pixel values of a PNG mask (palette indices kept as labels)."""
-    img = _open_pil(path, "png")
+    img = _open_pil(path, "png", max_megapixels)
     if img.mode in ("RGB", "RGBA", "LA"):
         img = img.convert("L")
     arr = np.asarray(img)
@@ -61,16 +63,19 @@ def _normalise_labels(arr: np.ndarray) -> np.ndarray:
     raise Rejected("bad_mask", f"{labels.size} distinct values (max {int(labels.max())}): not a label mask")
 
 
-def _dicom_mask(ds: Any) -> np.ndarray:
+def _dicom_mask(ds: Any, max_megapixels: float) -> np.ndarray:
     """First segment of a DICOM SEG (middle frame of that segment) or a plain DICOM label image."""
     from pydicom.pixels import pixel_array
 
     keyword = _pixel_keyword(ds)
     if keyword is None:
         raise Rejected("no_pixel_data", "the mask DICOM has no pixel data")
+    h = _header(ds)
+    _check_size(_header_int(h, "Rows"), _header_int(h, "Columns"), _header_int(h, "SamplesPerPixel", 1),
+                _header_int(h, "BitsAllocated"), max_megapixels)
     tsyntax = _transfer_syntax(ds, keyword)
     _check_decodable(ds, keyword, tsyntax, None)
-    frames = _frame_count(_header(ds))
+    frames = _frame_count(h)
     index = _seg_frame(ds, frames)
     try:
         arr = pixel_array(ds, index=None if frames == 1 else index)

@@ -7,23 +7,45 @@ from typing import Any
 
 import numpy as np
 
-from radimagenet.ingest.decode.common import DecodeConfig, Decoded, Rejected, _frame_index, _short
+from radimagenet.ingest.decode.common import (
+    DecodeConfig,
+    Decoded,
+    Rejected,
+    _check_size,
+    _frame_index,
+    _short,
+)
 from radimagenet.ingest.decode.window import _check_not_blank, _window_values
 
 
-def _open_pil(path: str | Path, fmt: str) -> Any:
-    """Open and fully load a PNG/JPEG with PIL; errors -> Rejected."""
+def _open_pil(path: str | Path, fmt: str, max_megapixels: float) -> Any:
+    """Open a PNG/JPEG with PIL (lazy: the header only), check its size, then load it; errors ->
+    Rejected. PIL's own bomb limit (2 x ``Image.MAX_IMAGE_PIXELS``, ~179 MP) also applies."""
     from PIL import Image
 
+    img = None
     try:
         img = Image.open(path)
+        _check_pil_size(img, max_megapixels)
         img.load()
-    except Image.DecompressionBombError:
-        raise Rejected("decode_failed", f"{fmt}: image exceeds PIL's decompression-bomb limit") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        reason = "truncated" if "truncated" in str(exc) else "decode_failed"
-        raise Rejected(reason, f"{fmt}: {type(exc).__name__}: {_short(exc)}") from None
+    except BaseException as exc:
+        if img is not None:
+            img.close()  # no file handle left open until garbage collection
+        if isinstance(exc, Image.DecompressionBombError | Image.DecompressionBombWarning):
+            raise Rejected("too_large", f"{fmt}: {_short(exc)}") from None
+        if isinstance(exc, OSError | SyntaxError | ValueError):
+            reason = "truncated" if "truncated" in str(exc) else "decode_failed"
+            raise Rejected(reason, f"{fmt}: {type(exc).__name__}: {_short(exc)}") from None
+        raise
     return img
+
+
+def _check_pil_size(img: Any, max_megapixels: float) -> None:
+    """Rejected('too_large') from the header of an opened, not yet loaded, PIL image."""
+    w, h = img.size
+    mode = img.mode
+    bits = 16 if mode.startswith("I;16") else 32 if mode in ("I", "F") else 8
+    _check_size(h, w, len(img.getbands()), bits, max_megapixels)
 
 
 def _pil_frame(img: Any, cfg: DecodeConfig) -> tuple[Any, int]:
@@ -31,8 +53,14 @@ def _pil_frame(img: Any, cfg: DecodeConfig) -> tuple[Any, int]:
     frames = int(getattr(img, "n_frames", 1) or 1)
     index = _frame_index(frames, cfg)
     if index:
-        img.seek(index)
-        img.load()
+        from PIL import Image
+
+        try:
+            img.seek(index)
+            _check_pil_size(img, cfg.max_megapixels)  # an MPO frame has its own size
+            img.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise Rejected("too_large", _short(exc)) from None
     return img, frames
 
 
@@ -40,7 +68,7 @@ def _decode_pil(path: str | Path, fmt: str, cfg: DecodeConfig) -> Decoded:
     """PNG/JPEG -> grey uint8: 8-bit as stored, colour -> luma ("L"), 16-bit/float -> min-max."""
     from PIL import ImageOps
 
-    img, frames = _pil_frame(_open_pil(path, fmt), cfg)
+    img, frames = _pil_frame(_open_pil(path, fmt, cfg.max_megapixels), cfg)
     mode = img.mode
     if fmt == "jpeg":
         img = ImageOps.exif_transpose(img)

@@ -3,12 +3,15 @@ RLE grey fast paths, the preferred (fastest equal) plugin, and pydicom's plugins
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
+import os
 from typing import Any
 
 import numpy as np
 
-from radimagenet.ingest.decode.common import Rejected, _Geometry, _short
+from radimagenet.ingest.decode.common import _PIXEL_TAGS, Rejected, _check_size, _Geometry, _short
 
 
 def _expected_bytes(geo: _Geometry) -> int:
@@ -34,9 +37,51 @@ def _check_decodable(ds: Any, keyword: str, tsyntax: Any, geo: _Geometry | None)
         return
     if geo is None:
         return
-    expected, actual = _expected_bytes(geo), len(ds[keyword].value or b"")
+    deferred = _deferred_element(ds, keyword)
+    if deferred is None:
+        actual = len(ds[keyword].value or b"")
+    else:  # not read by dcmread: the bytes the file really holds after the element's start
+        actual = min(deferred.length, os.path.getsize(os.fspath(ds.filename)) - deferred.value_tell)
+    expected = _expected_bytes(geo)
     if actual < expected:
         raise Rejected("truncated", f"pixel data has {actual} bytes, the header needs {expected}")
+
+
+def _deferred_element(ds: Any, keyword: str) -> Any | None:
+    """The raw native pixel data element when dcmread deferred it (too large to read), else None."""
+    elem = ds.get_item(_PIXEL_TAGS[keyword], keep_deferred=True)
+    if not getattr(ds, "filename", None):
+        return None  # not read from a file: nothing was deferred
+    if getattr(elem, "is_raw", False) and elem.value is None and elem.length not in (0, 0xFFFFFFFF):
+        return elem
+    return None
+
+
+def _read_deferred_frame(ds: Any, keyword: str, geo: _Geometry, index: int | None) -> tuple[_Geometry, int | None]:
+    """Read only the kept frame of deferred native pixel data into ``ds`` (which then holds one frame);
+    returns the geometry and index to decode with. Anything else is returned unchanged (small files
+    are read whole by dcmread; encapsulated data is read on access and pydicom decodes one frame)."""
+    elem = _deferred_element(ds, keyword)
+    if elem is None or (geo.bits_allocated == 1 and geo.rows * geo.cols * geo.samples % 8):
+        return geo, index  # 1-bit frames that do not start on a byte: pydicom reads the element
+    frame = dataclasses.replace(geo, frames=1)
+    per_frame = _expected_bytes(frame)
+    try:
+        with open(os.fspath(ds.filename), "rb") as f:
+            f.seek(elem.value_tell + (index or 0) * per_frame)
+            data = f.read(per_frame)
+    except OSError as exc:
+        raise Rejected("unreadable", f"cannot read the pixel data: {type(exc).__name__}") from None
+    if len(data) < per_frame:
+        raise Rejected("truncated", f"frame {index or 0} has {len(data)} bytes, the header needs {per_frame}")
+    from pydicom.dataelem import DataElement
+
+    vr = elem.VR or {"FloatPixelData": "OF", "DoubleFloatPixelData": "OD"}.get(
+        keyword, "OB" if geo.bits_allocated <= 8 else "OW")
+    ds[_PIXEL_TAGS[keyword]] = DataElement(_PIXEL_TAGS[keyword], vr, data)  # ds[tag].value would read it all
+    if "NumberOfFrames" in ds:
+        ds.NumberOfFrames = 1
+    return frame, None
 
 
 def _native_grey_frame(ds: Any, keyword: str, geo: _Geometry, index: int | None, tsyntax: Any):
@@ -108,8 +153,11 @@ def _unused_high_bits(arr: np.ndarray, geo: _Geometry) -> np.ndarray:
     return arr
 
 
-def _decode_pixels(ds: Any, keyword: str, geo: _Geometry, index: int | None, tsyntax: Any) -> np.ndarray:
-    """One decoded frame (rows, cols[, samples]) with the shape checked against the header."""
+def _decode_pixels(
+    ds: Any, keyword: str, geo: _Geometry, index: int | None, tsyntax: Any, max_megapixels: float = math.inf
+) -> np.ndarray:
+    """One decoded frame (rows, cols[, samples]) with the shape checked against the header; the
+    codestream's own size (JPEG, JPEG-LS, JPEG 2000) is checked against ``max_megapixels`` first."""
     from pydicom.pixels import pixel_array
 
     fast = _native_grey_frame(ds, keyword, geo, index, tsyntax)
@@ -117,6 +165,8 @@ def _decode_pixels(ds: Any, keyword: str, geo: _Geometry, index: int | None, tsy
         fast = _rle_grey_frame(ds, keyword, geo, index, tsyntax)
     if fast is not None:
         return fast
+    if tsyntax.is_encapsulated and tsyntax != _RLE_LOSSLESS and math.isfinite(max_megapixels):
+        _check_codestream(ds, keyword, geo, index, tsyntax, max_megapixels)
     preferred = preferred_plugin(tsyntax)
     for plugin in ([preferred] if preferred else []) + [""]:  # "": pydicom tries every installed plugin
         try:
@@ -131,6 +181,63 @@ def _decode_pixels(ds: Any, keyword: str, geo: _Geometry, index: int | None, tsy
     if arr.shape != expected:
         raise Rejected("bad_shape", f"decoded {arr.shape}, header declares {expected}")
     return arr
+
+
+def _check_codestream(
+    ds: Any, keyword: str, geo: _Geometry, index: int | None, tsyntax: Any, max_megapixels: float
+) -> None:
+    """The kept frame's JPEG/JPEG-LS/JPEG 2000 header checked before decoding (decoders allocate what
+    the codestream says, whatever the DICOM header says): over the limit it is Rejected, 'decode_failed'
+    when its size disagrees with the DICOM header (a corrupt codestream), else 'too_large'."""
+    from pydicom.encaps import get_frame
+
+    try:
+        frame = get_frame(ds[keyword].value, index or 0, number_of_frames=geo.frames)
+        size = _codestream_size(frame)
+    except Exception:  # noqa: BLE001 - unparsable: the decoder names the failure
+        return
+    if size is None:
+        return
+    try:
+        _check_size(*size, max_megapixels)
+    except Rejected as exc:
+        if size[:2] == (geo.rows, geo.cols):
+            raise
+        raise Rejected("decode_failed", f"{tsyntax.name}: the codestream declares {size[0]} x {size[1]}, the "
+                       f"header {geo.rows} x {geo.cols}; not decoded ({exc.detail})") from None
+
+
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}  # SOF0..15, JPEG-LS SOF55
+
+
+def _codestream_size(head: bytes) -> tuple[int, int, int, int] | None:
+    """(rows, columns, components, precision) from a JPEG/JPEG-LS SOF or JPEG 2000 SIZ marker."""
+    if head[:2] == b"\xff\xd8":
+        offset = 2
+        while offset + 10 <= len(head) and head[offset] == 0xFF:
+            marker = head[offset + 1]
+            if marker in _JPEG_SOF:
+                rows = int.from_bytes(head[offset + 5:offset + 7], "big")
+                cols = int.from_bytes(head[offset + 7:offset + 9], "big")
+                return rows, cols, head[offset + 9], head[offset + 4]
+            if marker == 0xFF:  # fill byte
+                offset += 1
+                continue
+            offset += 2 + int.from_bytes(head[offset + 2:offset + 4], "big")
+        return None
+    offset = 0
+    if head[4:8] == b"jP  ":  # JP2 file format: find the contiguous codestream box
+        while offset + 8 <= len(head) and head[offset + 4:offset + 8] != b"jp2c":
+            length = int.from_bytes(head[offset:offset + 4], "big")
+            if length < 8:
+                return None
+            offset += length
+        offset += 8
+    if head[offset:offset + 4] != b"\xff\x4f\xff\x51" or len(head) < offset + 43:
+        return None
+    x, y, x0, y0 = (int.from_bytes(head[offset + i:offset + i + 4], "big") for i in (8, 12, 16, 20))
+    comps = int.from_bytes(head[offset + 40:offset + 42], "big")
+    return y - y0, x - x0, comps, (head[offset + 42] & 0x7F) + 1
 
 
 # Plugins that decode a syntax identically to pydicom's default choice, only faster: JPEG-LS through
