@@ -442,3 +442,48 @@ def test_ingest_of_a_hostile_corpus_rejects_each_file_within_bounded_memory(stac
     for line in report:
         assert line["status"] == "written" or (line["reason"] or "").split(":")[0] == "too_large", line
     print(json.dumps({"hostile_files": len(hostile), "peak_rss_mib": round(peak_kib / 1024)}))
+
+
+def test_codestream_size_is_found_past_markers_without_length_and_extended_boxes():
+    from radimagenet.ingest.decode.pixels import _codestream_size
+
+    jpeg = jpeg_header(60000, 60000)
+    with_tem = jpeg[:2] + b"\xff\x01" + b"\xff\xd0" + jpeg[2:]  # TEM and RST0 carry no length field
+    assert _codestream_size(with_tem)[:2] == (60000, 60000)
+    j2k = j2k_header(60000, 60000)
+    signature = b"\x00\x00\x00\x01jP  " + (20).to_bytes(8, "big") + b"\r\n\x87\n"  # an extended length
+    assert _codestream_size(signature + b"\x00\x00\x00\x00jp2c" + j2k)[:2] == (60000, 60000)
+
+
+@pytest.mark.parametrize("frame", [
+    b"\xff\xd8" + b"\xff\xe0\x00\x10" + b"JFIF\x00" + b"\x00" * 9 + b"\xff\xd9",  # no frame header at all
+    jpeg_header(0, 64),  # the height comes later (DNL): unknown before decoding
+])
+def test_a_codestream_whose_size_cannot_be_read_is_never_decoded(tmp_path, frame):
+    path = save_encapsulated(tmp_path / "odd.dcm", dicom_header(uid.JPEGBaseline8Bit, 64, 64, bits=8), [frame])
+    err = rejected(path)
+    assert err.reason == "decode_failed" and "could not be read" in err.detail
+
+
+def test_a_deflated_file_without_group_length_is_measured_too(tmp_path):
+    ds = dicom_header(uid.DeflatedExplicitVRLittleEndian, 256, 256, bits=8)
+    path = save_native(tmp_path / "deflated.dcm", ds, gradient(256, 256, np.uint8).tobytes() + bytes(64 * 2**20))
+    raw = path.read_bytes()
+    assert raw[132:136] == b"\x02\x00\x00\x00"  # (0002,0000) File Meta Information Group Length
+    length = 12 + int.from_bytes(raw[140:144], "little")
+    stripped = tmp_path / "no-group-length.dcm"  # the same file without the group length element
+    stripped.write_bytes(raw[:132] + raw[144:132 + length] + raw[132 + length:])
+    assert rejected(stripped, DecodeConfig(max_megapixels=1)).reason == "too_large"
+
+
+def test_ordinary_body_parts_and_wide_windows_are_kept(tmp_path):
+    from radimagenet.ingest.fields import check_field
+
+    arr = gradient(64, 64)
+    for given, kept in (("Whole Body", "WHOLEBODY"), ("chest", "CHEST"), ("L-SPINE", "LSPINE"),
+                        ("head_neck", "HEADNECK")):
+        ds = dicom_header(uid.ExplicitVRLittleEndian, 64, 64, BodyPartExamined=given)
+        meta = decode_file(save_native(tmp_path / f"{kept}.dcm", ds, arr.tobytes())).meta
+        assert meta["body_part"] == kept and check_field("body_part", kept)
+    assert not check_field("body_part", "SMITHJOHN")
+    assert check_field("window", {"center": 2147483647.5, "width": 4294967295.0, "source": "file"})

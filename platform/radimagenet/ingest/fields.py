@@ -24,7 +24,8 @@ MODALITIES = frozenset("""
     AS CD CF CP CS DD DF DM DS EC FA FS LP MA MS OPR ST VF
 """.split())
 
-#: DICOM Body Part Examined defined terms (PS3.16 Annex L) and a few widespread vendor terms.
+#: DICOM Body Part Examined defined terms (PS3.16 Annex L) and a few widespread vendor terms, spelled as
+#: decode writes them: upper case without spaces, '-' or '_' ("Whole Body" -> WHOLEBODY).
 BODY_PARTS = frozenset("""
     ABDOMEN ABDOMENPELVIS ACJOINT ADRENAL AMNIOTICFLUID ANKLE ANUS AORTA AORTICARCH APPENDIX ARM AXILLA
     BACK BASILARARTERY BILEDUCT BLADDER BRACHIALARTERY BRAIN BRAINSTEM BREAST BRONCHUS BUTTOCK CALCANEUS
@@ -36,8 +37,11 @@ BODY_PARTS = frozenset("""
     PELVIS PENIS PHARYNX PROSTATE RECTUM RIB SACRUM SCALP SCAPULA SCLERA SCROTUM SELLA SHOULDER SKULL
     SPINE SPLEEN SSPINE STERNUM STOMACH SUBMANDIBULAR TESTIS THIGH THORAX THUMB THYMUS THYROID TIBIA
     TLSPINE TMJ TOE TONGUE TRACHEA TSPINE UPRURINARYTRACT URETER URETHRA UTERUS VAGINA VULVA WHOLEBODY
-    WRIST ZYGOMA
+    WRIST ZYGOMA ABDOMINALAORTA ANTCOMMA ANUSRECTUMSIGMD BRACHIOCEPHALIC CAROTIDARTERY CEREBRUM
+    CORONARY FIBULA FOREFOOT HINDFOOT HYPOPHYSIS LOWERARM LOWERLEG MANDIBLE MIDFOOT PITUITARY RADIUS
+    SPINALCORD UPPERARM UPPERLEG ULNA VERTEBRA
 """.split())
+
 
 #: DICOM PhotometricInterpretation values (PS3.3 C.7.6.3.1.2) and the PIL modes of PNG/JPEG inputs.
 PHOTOMETRICS = frozenset({
@@ -53,7 +57,7 @@ WINDOW_SOURCES = frozenset({"file", "default", "full_range", "minmax"})  # decod
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _MAX_PIXELS = 1 << 20  # rows, columns
 _MAX_FRAMES = 1_000_000
-_MAX_WINDOW = 1e9  # |center|, width
+_MAX_WINDOW = 2.0**40  # |center|, width: 32-bit and float data have full-range windows near 2**32
 
 
 def _int_in(lo: int, hi: int) -> Callable[[Any], bool]:

@@ -34,6 +34,7 @@ OPTIONAL_COLUMNS = ("patient_id", "split", "mask")
 SPLIT_NAMES = ("train", "val", "test")
 # control (\n \t \x00 ...), invisible format (bidi overrides, zero-width) and line/paragraph separators
 _BAD_LABEL_CATEGORIES = ("Cc", "Cf", "Zl", "Zp", "Cs")
+_JOINERS = frozenset("\u200c\u200d")  # zero-width (non-)joiner: part of correctly spelled Persian, Arabic, Indic words
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def _resolve(root: str, given: str) -> str | None:
 def _label_problem(label: str) -> str | None:
     """Why ``label`` cannot be a class name (a control, format or line-separator character), or None."""
     for ch in label:
-        if unicodedata.category(ch) in _BAD_LABEL_CATEGORIES:
+        if unicodedata.category(ch) in _BAD_LABEL_CATEGORIES and ch not in _JOINERS:
             return f"the label has a control character (U+{ord(ch):04X})"
     return None
 
@@ -188,8 +189,8 @@ def check_split_column(rows: list[InputRow], labels: Path) -> None:
             continue
         seen = first.setdefault(row.patient_id, row)
         if seen.split != row.split:
-            raise ConfigError(
-                f"{labels}: rows for {seen.source!r} and {row.source!r} belong to the same patient but "
+            raise ConfigError(  # rows by number, never by path (paths may name the patient)
+                f"labels file: data rows {seen.index + 1} and {row.index + 1} belong to the same patient but "
                 f"are assigned to splits {seen.split!r} and {row.split!r}; a patient must stay in one split"
             )
 

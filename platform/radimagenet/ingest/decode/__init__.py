@@ -68,7 +68,7 @@ def decode_file(path: str | Path, cfg: DecodeConfig = DecodeConfig()) -> Decoded
             return _decode_pil(path, "png", cfg)
         if head.startswith(_JPEG_MAGIC):
             return _decode_pil(path, "jpeg", cfg)
-        ds = _read_headerless_dicom(path, head)
+        ds = _read_headerless_dicom(path, head, cfg.max_megapixels)
         if ds is None:
             raise Rejected("unsupported_format", "not DICOM (no 'DICM' preamble), PNG or JPEG")
         return _decode_dicom(ds, cfg)

@@ -4,6 +4,7 @@ checks before decoding, then one frame through :mod:`.pixels` and windowing thro
 from __future__ import annotations
 
 import math
+import re
 import zlib
 from pathlib import Path
 from typing import Any
@@ -77,17 +78,21 @@ _DEFLATED_UID = b"1.2.840.10008.1.2.1.99"
 def _check_inflated_size(f, max_bytes: float) -> bool:
     """Whether the file is Deflated Explicit VR; Rejected('too_large') if it inflates past ``max_bytes``,
     measured in bounded steps (a deflate bomb: a few MB of zeros inflate to GBs). Others: one peek."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
     start = f.tell()
-    head = f.read(4096)
+    try:  # the file meta as pydicom reads it (preamble or not, group length or not)
+        read_preamble(f, True)
+        syntax = str(_read_file_meta_info(f).get("TransferSyntaxUID", ""))
+        data_start = f.tell()
+    except Exception:  # noqa: BLE001 - not readable as DICOM meta: dcmread names the problem
+        syntax = ""
     f.seek(start)
-    if head[132:136] != b"\x02\x00\x00\x00":  # (0002,0000) File Meta Information Group Length
-        return False
-    meta_end = 144 + int.from_bytes(head[140:144], "little")
-    if _DEFLATED_UID not in head[144:meta_end]:
+    if syntax.encode() != _DEFLATED_UID:
         return False
     if not math.isfinite(max_bytes):
         return True
-    f.seek(start + meta_end)
+    f.seek(data_start)
     inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
     try:
         data = f.read(1 << 20)
@@ -104,7 +109,7 @@ def _check_inflated_size(f, max_bytes: float) -> bool:
     return True
 
 
-def _read_headerless_dicom(path: str | Path, head: bytes) -> Any | None:
+def _read_headerless_dicom(path: str | Path, head: bytes, max_megapixels: float = math.inf) -> Any | None:
     """A DICOM without preamble, read with ``force`` only if it starts like one and has pixels."""
     if len(head) < 8:
         return None
@@ -114,7 +119,11 @@ def _read_headerless_dicom(path: str | Path, head: bytes) -> Any | None:
     from pydicom import dcmread
 
     try:
-        ds = dcmread(path, force=True, defer_size=_DEFER_BYTES)
+        with open(path, "rb") as f:
+            deflated = _check_inflated_size(f, 4e6 * max_megapixels)  # Rejected('too_large') escapes
+            ds = dcmread(f, force=True, defer_size=None if deflated else _DEFER_BYTES)
+    except Rejected:
+        raise
     except Exception:
         return None
     if not _pixel_keyword(ds):
@@ -340,7 +349,7 @@ def _dicom_meta(
     """Non-identifying metadata of a decoded DICOM (never names, IDs, dates, UIDs)."""
     return {
         "modality": modality,
-        "body_part": str(h.get("BodyPartExamined", "") or "").strip(),
+        "body_part": re.sub(r"[\s_\-]+", "", str(h.get("BodyPartExamined", "") or "").upper()),  # fields.py terms
         "rows": geo.rows,
         "columns": geo.cols,
         "pixel_spacing": _pixel_spacing(h),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from radimagenet.ingest.decode.dicom import (
     _transfer_syntax,
 )
 from radimagenet.ingest.decode.pil import _open_pil
-from radimagenet.ingest.decode.pixels import _check_decodable
+from radimagenet.ingest.decode.pixels import _RLE_LOSSLESS, _check_codestream, _check_decodable
 
 
 def decode_mask(path: str | Path, cfg: DecodeConfig = DecodeConfig()) -> np.ndarray:  # noqa: B008
@@ -77,6 +78,9 @@ def _dicom_mask(ds: Any, max_megapixels: float) -> np.ndarray:
     _check_decodable(ds, keyword, tsyntax, None)
     frames = _frame_count(h)
     index = _seg_frame(ds, frames)
+    if tsyntax.is_encapsulated and tsyntax != _RLE_LOSSLESS:  # the frame's own header, as for images
+        geo = SimpleNamespace(rows=_header_int(h, "Rows"), cols=_header_int(h, "Columns"), frames=frames)
+        _check_codestream(ds, keyword, geo, None if frames == 1 else index, tsyntax, max_megapixels)
     try:
         arr = pixel_array(ds, index=None if frames == 1 else index)
     except Exception as exc:

@@ -194,10 +194,11 @@ def _check_codestream(
     try:
         frame = get_frame(ds[keyword].value, index or 0, number_of_frames=geo.frames)
         size = _codestream_size(frame)
-    except Exception:  # noqa: BLE001 - unparsable: the decoder names the failure
-        return
-    if size is None:
-        return
+    except Exception:  # noqa: BLE001 - unparsable: never handed to a decoder that trusts its header
+        size = None
+    if size is None or not size[0] or not size[1]:  # no size, or a height given later (DNL)
+        raise Rejected("decode_failed", f"{tsyntax.name}: the frame's codestream header (its size) could not "
+                       "be read; not decoded")
     try:
         _check_size(*size, max_megapixels)
     except Rejected as exc:
@@ -208,6 +209,7 @@ def _check_codestream(
 
 
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}  # SOF0..15, JPEG-LS SOF55
+_JPEG_STANDALONE = frozenset(range(0xD0, 0xD9)) | {0x01}  # RSTn, SOI, TEM: no length field
 
 
 def _codestream_size(head: bytes) -> tuple[int, int, int, int] | None:
@@ -223,16 +225,21 @@ def _codestream_size(head: bytes) -> tuple[int, int, int, int] | None:
             if marker == 0xFF:  # fill byte
                 offset += 1
                 continue
+            if marker in _JPEG_STANDALONE:  # markers without a length field
+                offset += 2
+                continue
             offset += 2 + int.from_bytes(head[offset + 2:offset + 4], "big")
         return None
     offset = 0
     if head[4:8] == b"jP  ":  # JP2 file format: find the contiguous codestream box
         while offset + 8 <= len(head) and head[offset + 4:offset + 8] != b"jp2c":
             length = int.from_bytes(head[offset:offset + 4], "big")
-            if length < 8:
+            if length == 1 and offset + 16 <= len(head):  # an extended (64-bit) box length
+                length = int.from_bytes(head[offset + 8:offset + 16], "big")
+            if length < 8:  # 0: the last box, and it is not the codestream
                 return None
             offset += length
-        offset += 8
+        offset += 16 if int.from_bytes(head[offset:offset + 4], "big") == 1 else 8  # the jp2c box header
     if head[offset:offset + 4] != b"\xff\x4f\xff\x51" or len(head) < offset + 43:
         return None
     x, y, x0, y0 = (int.from_bytes(head[offset + i:offset + i + 4], "big") for i in (8, 12, 16, 20))
