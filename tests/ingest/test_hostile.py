@@ -394,11 +394,14 @@ def test_ingest_config_and_cli_options():
 # ------------------------------------------------------------------------ the ingest, end to end
 
 
+# The ingest's own peak RSS: VmHWM of this process image (getrusage's ru_maxrss survives exec, so a
+# child forked from a big pytest process would report the parent's size).
 _MEASURED_MAIN = """
-import resource, sys
+import sys
 from radimagenet.cli import main
 rc = main(sys.argv[1:])
-print("maxrss_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print("maxrss_kib", hwm.split()[1])
 sys.exit(rc)
 """
 

@@ -219,3 +219,14 @@ def test_ops_imports_neither_the_cli_nor_the_commands():
                      else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
             for name in names:
                 assert not name.startswith(("radimagenet.cli", "radimagenet.commands")), f"{path}: {name}"
+
+
+def test_the_stack_mlflow_user_name_is_not_a_secret_but_its_password_is(monkeypatch):
+    """The local stack's MLflow user is "radimagenet", a word in every bucket URI and in the command."""
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "radimagenet")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pw-" + "x" * 20)
+    sub = jobs.plan("pretrain", ["tracking.run_name=x", "data.manifest=s3://radimagenet/datasets/d"], LOCAL,
+                    parse=parse_command)
+    assert "s3://radimagenet/datasets/d" in sub.entrypoint
+    with pytest.raises(ConfigError, match="MLFLOW_TRACKING_PASSWORD"):
+        jobs.plan("pretrain", ["tracking.run_name=x", "data.note=pw-" + "x" * 20], LOCAL, parse=parse_command)

@@ -153,9 +153,10 @@ def _addr(c) -> str:
 
 
 def secret_values(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """Local secret values worth redacting (name -> value), ignoring ones too short to mean anything."""
+    """Local secret values worth redacting (name -> value), ignoring ones too short to mean anything
+    and user names (not secret: the stack's MLflow user is "radimagenet", a word in every bucket URI)."""
     env = os.environ if environ is None else environ
-    return {k: env[k] for k in _REDACT_ENV if len(env.get(k, "")) >= 6}
+    return {k: env[k] for k in _REDACT_ENV if len(env.get(k, "")) >= 6 and not k.endswith("_USERNAME")}
 
 
 _SECRET_OPT = re.compile(
