@@ -51,3 +51,19 @@ def build_assets(workdir: str) -> dict[str, str]:
         in_process=True)
     print(f"\n[assets] pretrained {name}: {result.metrics}")
     return {**uris, "backbone": f"{name}@candidate", "pretrain_val_accuracy": str(result.metrics["val/accuracy"])}
+
+
+def crash_ingest_at_chunk(monkeypatch, n: int) -> None:
+    """Make the ingest driver's ``n``-th chunk raise RuntimeError("simulated crash"): an interrupted
+    ingest, for resume tests (undo with ``monkeypatch.undo()`` or let the test end)."""
+    import radimagenet.ingest.run as run_mod
+
+    real, calls = run_mod.process_rows, {"n": 0}
+
+    def crashing(rows, ctx):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise RuntimeError("simulated crash")
+        return real(rows, ctx)
+
+    monkeypatch.setattr(run_mod, "process_rows", crashing)

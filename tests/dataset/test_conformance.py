@@ -72,22 +72,11 @@ def _webdataset(paths: list[Path]) -> tuple[Samples, list[str]]:
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
-    """An in-process Ray (not the stack's cluster: RAY_ADDRESS may name its dashboard), shut down after."""
-    import ray
+    """An in-process Ray (not the stack's cluster: RAY_ADDRESS names its dashboard), shut down after."""
+    from radimagenet.io import cluster
 
-    if ray.is_initialized():
+    with cluster.connect(num_cpus=1, log_to_driver=False, include_dashboard=False, stack_head=False):
         yield
-        return
-    saved = os.environ.pop("RAY_ADDRESS", None)
-    try:
-        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
-    finally:
-        if saved is not None:
-            os.environ["RAY_ADDRESS"] = saved
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def _ray(paths: list[Path]) -> Samples:

@@ -17,6 +17,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from helpers_assets import crash_ingest_at_chunk
 from radimagenet.dataset.format import load_manifest
 from radimagenet.dataset.inspect import load_report, summary
 from radimagenet.dataset.verify import verify
@@ -156,24 +157,13 @@ def test_interrupted_ingest_resumes_without_loss_or_duplicates(stack_env, corpus
     source, _ = corpus
     manifest, _, _ = ingested
     out = new_prefix("resume")
-    import radimagenet.ingest.run as run_mod
-
-    real = run_mod.process_rows
-    calls = {"n": 0}
-
-    def crashing(rows, ctx):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise RuntimeError("simulated crash")
-        return real(rows, ctx)
-
-    monkeypatch.setattr(run_mod, "process_rows", crashing)
+    crash_ingest_at_chunk(monkeypatch, 4)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_ingest(source, out, chunk_size=8, shard_size=16 * 1024)
     assert not storage.exists(out + "/manifest.json")
     journaled = [u for u in storage.list_keys(out + "/_journal") if not u.endswith("config.json")]
     assert journaled, "the first run should have finished some shards before the crash"
-    monkeypatch.setattr(run_mod, "process_rows", real)
+    monkeypatch.undo()
     with pytest.raises(ConfigError, match="different settings"):
         run_ingest(source, out, chunk_size=8, shard_size=16 * 1024, image_size=128)
     resumed = run_ingest(source, out, chunk_size=8, shard_size=16 * 1024)

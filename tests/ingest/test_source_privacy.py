@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from helpers_assets import crash_ingest_at_chunk
 from radimagenet.dataset.inspect import load_report
 from radimagenet.errors import ConfigError
 from radimagenet.ingest import IngestConfig, ingest
@@ -33,7 +34,6 @@ def _everything_under(prefix: str) -> bytes:
 
 
 def test_no_part_of_a_source_path_reaches_shared_storage(stack_env, s3_prefix, tmp_path, monkeypatch):
-    import radimagenet.ingest.run as run_mod
 
     source = tmp_path / "SMITH^JOHN_MRN0012345" / "2019-03-02_CT"
     synthesize(source, images=24, seed=5)
@@ -53,18 +53,10 @@ def test_no_part_of_a_source_path_reaches_shared_storage(stack_env, s3_prefix, t
                        chunk_size=4)
 
     # 1. an interrupted ingest: its journal on S3 is path-free too
-    real, calls = run_mod.process_rows, {"n": 0}
-
-    def crashing(chunk, ctx):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise RuntimeError("simulated crash")
-        return real(chunk, ctx)
-
-    monkeypatch.setattr(run_mod, "process_rows", crashing)
+    crash_ingest_at_chunk(monkeypatch, 4)
     with pytest.raises(RuntimeError, match="simulated crash"):
         ingest(cfg, secret, progress=False, source_map=map_path)
-    monkeypatch.setattr(run_mod, "process_rows", real)
+    monkeypatch.undo()
     journal = [u for u in storage.list_keys(s3_prefix + "/_journal") if not u.endswith("config.json")]
     assert journal, "some shards should be journaled before the crash"
     assert _leaks(_everything_under(s3_prefix), str(tmp_path), "images/") == []
