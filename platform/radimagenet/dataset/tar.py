@@ -16,7 +16,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from radimagenet.dataset.format import LABEL_EXT, MASK_EXT, META_EXT, Sample, check_key, split_member_name
+from radimagenet.dataset.format import (
+    LABEL_EXT,
+    MASK_EXT,
+    META_EXT,
+    Sample,
+    check_key,
+    member_name,
+    split_member_name,
+)
 from radimagenet.errors import ConfigError, StorageError
 
 READ_CHUNK = 1 << 20  # bytes per read of the underlying stream
@@ -51,11 +59,10 @@ def tar_header(name: str, size: int) -> bytes:
 def sample_members(sample: Sample, encoding: str) -> list[tuple[str, bytes]]:
     """A sample's tar members in shard order: image (``encoding``), ``cls``, ``json``[, ``mask.png``]."""
     key = check_key(sample.key)
-    members = [(f"{key}.{encoding}", sample.image), (f"{key}.{LABEL_EXT}", str(sample.label_id).encode()),
-               (f"{key}.{META_EXT}", sample.meta)]
+    members = [(encoding, sample.image), (LABEL_EXT, str(sample.label_id).encode()), (META_EXT, sample.meta)]
     if sample.mask is not None:
-        members.append((f"{key}.{MASK_EXT}", sample.mask))
-    return members
+        members.append((MASK_EXT, sample.mask))
+    return [(member_name(key, ext), data) for ext, data in members]
 
 
 def tar_bytes(members: Iterable[tuple[str, bytes]]) -> bytes:

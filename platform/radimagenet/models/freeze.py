@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-FREEZE_MODES = ("none", "top10", "all")
-
 
 def head_parameters(model: Any) -> list[Any]:
     """Parameters that always train: the classifier head, or the U-Net's decoder and segmentation head."""
