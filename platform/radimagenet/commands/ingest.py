@@ -46,6 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "$XDG_CONFIG_HOME/radimagenet or ~/.config/radimagenet: created once, mode 0600, the same "
                    "whatever the current folder)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--take-over", action="store_true",
+                   help="take the output prefix's lease from another ingest even if it still renews it "
+                   "(only when you know that ingest is dead; a lease not renewed for 60 s, or held by a "
+                   "process of this machine that is gone, is taken over without this flag)")
 
 
 def _windows(items: list[str]) -> dict[str, tuple[float, float]]:
@@ -76,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = IngestConfig(
         source=args.source, out=args.out, labels=args.labels, image_size=args.image_size,
         encoding=args.encoding, split_fractions=fractions, shard_size=parse_size(args.shard_size),
-        workers=args.workers, chunk_size=args.chunk_size, multiframe=args.multiframe,
+        workers=args.workers, chunk_size=args.chunk_size, take_over=args.take_over, multiframe=args.multiframe,
         windows=_windows(args.window), patient_from=args.patient_from,
         max_megapixels=args.max_megapixels, allow_burned_in=args.allow_burned_in,
     )

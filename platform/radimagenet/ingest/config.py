@@ -21,6 +21,7 @@ class IngestConfig:
     shard_size: int = 256 * 1024 * 1024  # target bytes per shard (a shard closes once it passes this)
     workers: int = 1
     chunk_size: int = 64  # files per task
+    take_over: bool = False  # take the output prefix's lease even from a holder that still renews it
     multiframe: str = "middle"
     windows: dict[str, tuple[float, float]] = field(default_factory=lambda: {"CT": (40.0, 400.0)})
     patient_from: str = "auto"  # auto | column | dicom | file

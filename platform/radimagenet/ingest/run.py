@@ -1,5 +1,6 @@
-"""The ingest driver: pre-flight checks, ordered (serial or Ray-parallel) processing, duplicates,
-the journal that makes an interrupted ingest resumable, then ``report.jsonl`` and ``manifest.json``.
+"""The ingest driver: under the output prefix's lease (``ingest/target.py``: one writer, the journal,
+pre-flight checks), ordered (serial or Ray-parallel) processing, duplicates, then ``report.jsonl`` and
+``manifest.json``.
 
 Results are consumed in input order whatever the parallelism, so serial and parallel ingests write
 the same samples to the same shards. A shard is journaled (``_journal/``) once its upload completes;
@@ -37,81 +38,10 @@ from radimagenet.ingest.deid import (
 )
 from radimagenet.ingest.process import Context, Reject, process_rows
 from radimagenet.ingest.sources import InputRow, class_list, read_inputs
-from radimagenet.io import storage
-from radimagenet.io.storage import S3Uri
+from radimagenet.ingest.target import check_target, clear_journal, journal_shard, preflight, remove_orphans
+from radimagenet.io import lease, storage
 
-# --- journal ---------------------------------------------------------------------------------------
-
-def _journal(out: S3Uri) -> S3Uri:
-    return out.join("_journal")
-
-
-def load_journal(out: S3Uri) -> tuple[dict | None, list[ShardRecord], dict[int, list[str]]]:
-    """The fingerprint, finished shards and dropped fields (input index -> field names) of an unfinished
-    ingest at ``out`` (None, [], {} if none)."""
-    uris = storage.list_keys(_journal(out))
-    config = None
-    records = []
-    dropped: dict[int, list[str]] = {}
-    for uri in uris:
-        name = uri.rsplit("/", 1)[-1]
-        if name == "config.json":
-            config = storage.read_json(uri)
-        elif name.endswith(".json"):
-            data = storage.read_json(uri)
-            dropped.update((int(i), fields) for i, fields in data.pop("dropped_fields", {}).items())
-            records.append(ShardRecord(**data))
-    records.sort(key=lambda r: (r.split, r.index))
-    return config, records, dropped
-
-
-def _journal_shard(out: S3Uri, record: ShardRecord, dropped: dict[int, tuple[str, ...]]) -> None:
-    # vars, not dataclasses.asdict: asdict deep-copies every member dict (17 us per sample)
-    mine = {str(m["index"]): list(dropped[m["index"]]) for m in record.members if m["index"] in dropped}
-    storage.write_json(_journal(out).join(f"{record.split}-{record.index:06d}.json"),
-                       vars(record) | {"dropped_fields": mine} if mine else vars(record))
-
-
-def _clear_journal(out: S3Uri) -> None:
-    for uri in storage.list_keys(_journal(out)):
-        storage.delete(uri)
-
-
-# --- pre-flight ------------------------------------------------------------------------------------
-
-def preflight(cfg: IngestConfig, fingerprint: dict) -> tuple[list[ShardRecord], dict[int, list[str]]]:
-    """Fail fast on misconfiguration; return the shards (and dropped fields) of an unfinished ingest."""
-    out = storage.parse_uri(cfg.out)
-    if not out.key:
-        raise ConfigError(f"--out {cfg.out} needs a prefix inside the bucket (s3://BUCKET/datasets/NAME)")
-    storage.check_bucket(out)
-    if storage.exists(manifest_uri(str(out))):
-        raise ConfigError(
-            f"a dataset already exists at {cfg.out} (manifest.json is there); choose another --out "
-            f"or delete it first"
-        )
-    previous, records, dropped = load_journal(out)
-    if previous is None:
-        if storage.list_keys(out):
-            raise ConfigError(f"{cfg.out} is not empty and holds no unfinished ingest; choose an empty prefix")
-        storage.write_json(_journal(out).join("config.json"), fingerprint)
-        return [], {}
-    if previous.get("secret_fingerprint") != fingerprint["secret_fingerprint"]:
-        raise ConfigError(
-            f"an unfinished ingest at {cfg.out} was started under another de-identification secret (fingerprint "
-            f"{previous.get('secret_fingerprint')}, this one {fingerprint['secret_fingerprint']}); finish it "
-            f"with that secret (--secret-file, $RADIMAGENET_DEID_SECRET or the default location), or choose "
-            f"another --out"
-        )
-    if previous != fingerprint:
-        changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
-        raise ConfigError(
-            f"an unfinished ingest at {cfg.out} used different settings ({', '.join(changed)}); re-run it "
-            f"with the same arguments to finish it, or choose another --out"
-        )
-    storage.abort_multipart_uploads(out)
-    return records, dropped
-
+# --- processing inputs -----------------------------------------------------------------------------
 
 def fingerprint_of(cfg: IngestConfig, rows: list[InputRow], classes: list[str], secret: bytes) -> dict:
     """Everything that must match for a re-run to continue an unfinished ingest (the inputs as an
@@ -281,15 +211,6 @@ def build_manifest(cfg: IngestConfig, classes: list[str], records: list[ShardRec
     }
 
 
-def _remove_orphans(out: S3Uri, records: list[ShardRecord]) -> None:
-    """Delete shard objects no journal names (uploaded just before an interruption, then superseded)."""
-    keep = {r.url for r in records}
-    for uri in storage.list_keys(out):
-        name = uri.rsplit("/", 1)[-1]
-        if name.endswith(".tar") and "/_journal/" not in uri and uri not in keep:
-            storage.delete(uri)
-
-
 # --- the driver ------------------------------------------------------------------------------------
 
 def _record_sources(cfg: IngestConfig, rows: list[InputRow], secret: bytes, map_path: Path) -> dict[str, str | None]:
@@ -306,14 +227,23 @@ def _record_sources(cfg: IngestConfig, rows: list[InputRow], secret: bytes, map_
 def ingest(cfg: IngestConfig, secret: bytes, progress: bool | None = None, source_map: Path | None = None) -> dict:
     """Run (or finish) an ingest and return its manifest. The map from the source pseudonyms of the
     report back to paths is written locally to ``source_map`` (default: ``deid.source_map_path``)."""
-    out = storage.parse_uri(cfg.out)
     rows = read_inputs(cfg.source, cfg.labels)
     classes = class_list(rows)
     if not classes:
         where = "in the labels file (--labels)" if cfg.labels else "under SOURCE (no file is inside a label folder)"
         raise ConfigError(f"no usable labels {where}")
     fingerprint = fingerprint_of(cfg, rows, classes, secret)
-    done, dropped = preflight(cfg, fingerprint)
+    out = check_target(cfg)
+    with lease.hold(lease.lease_uri(out), purpose="ingest", take_over=cfg.take_over) as held:
+        done, dropped = preflight(cfg, fingerprint, held)
+        return _write(cfg, rows, classes, secret, fingerprint, done, dropped, held, progress, source_map)
+
+
+def _write(cfg: IngestConfig, rows: list[InputRow], classes: list[str], secret: bytes, fingerprint: dict,
+           done: list[ShardRecord], dropped: dict[int, list[str]], held: lease.Lease,
+           progress: bool | None, source_map: Path | None) -> dict:
+    """Under the lease: process the inputs not yet written, then write the report and (last) the manifest."""
+    out = storage.parse_uri(cfg.out)
     origin = _record_sources(cfg, rows, secret, source_map or source_map_path(cfg.out))
     has_masks = any(r.mask for r in rows)
     ctx = Context(
@@ -333,7 +263,8 @@ def ingest(cfg: IngestConfig, secret: bytes, progress: bool | None = None, sourc
     records = list(done)
 
     def on_shard(record: ShardRecord) -> None:
-        _journal_shard(out, record, state.dropped)
+        held.check()  # a writer whose lease was taken over stops before it records anything more
+        journal_shard(out, record, state.dropped)
         records.append(record)
 
     pending = [r for r in rows if r.index not in state.lines]
@@ -358,14 +289,16 @@ def ingest(cfg: IngestConfig, secret: bytes, progress: bool | None = None, sourc
         bar.close()
     lines = [state.lines[r.index] for r in rows]
     records.sort(key=lambda r: (SPLITS.index(r.split), r.index))
-    _remove_orphans(out, records)
+    held.check()
+    remove_orphans(out, records)
     report = "".join(json.dumps(line) + "\n" for line in lines).encode()
     storage.write_bytes(out.join("report.jsonl"), report, "application/x-ndjson")
     dropped_fields = count_dropped(state.dropped.get(m["index"], ()) for r in records for m in r.members)
     manifest = build_manifest(cfg, classes, records, lines, fingerprint, has_masks, origin=origin,
                               dropped_fields=dropped_fields)
+    held.check()
     storage.write_json(manifest_uri(str(out)), manifest)
-    _clear_journal(out)
+    clear_journal(out)
     return manifest
 
 
