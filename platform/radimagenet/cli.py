@@ -20,6 +20,7 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="radimagenet",
         description="RadImageNet-style pretrained backbones for radiology, end to end.",
+        fromfile_prefix_chars="@",  # `radimagenet ingest @args.txt`: a submitted ingest's arguments (ops/jobs)
     )
     parser.add_argument("--version", action="version", version=f"radimagenet {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)

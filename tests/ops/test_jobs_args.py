@@ -230,3 +230,21 @@ def test_the_stack_mlflow_user_name_is_not_a_secret_but_its_password_is(monkeypa
     assert "s3://radimagenet/datasets/d" in sub.entrypoint
     with pytest.raises(ConfigError, match="MLFLOW_TRACKING_PASSWORD"):
         jobs.plan("pretrain", ["tracking.run_name=x", "data.note=pw-" + "x" * 20], LOCAL, parse=parse_command)
+
+
+def test_an_ingest_job_keeps_its_paths_out_of_the_entrypoint(tmp_path):
+    """SOURCE and --labels go into a file of the job's working_dir, read by `radimagenet ingest @FILE`."""
+    source = tmp_path / "SMITH^JOHN_MRN0012345"
+    source.mkdir()
+    (source / "labels.csv").write_text("path,label\n")
+    sub = jobs.plan("ingest", [str(source), "--labels", str(source / "labels.csv"), "--out", "s3://b/d"], LOCAL,
+                    parse=parse_command, name="d")
+    assert sub.entrypoint == "python -m radimagenet ingest @radimagenet-args.txt"
+    assert "SMITH" not in json.dumps([sub.entrypoint, sub.metadata, sub.runtime_env])
+    assert sub.args_file.splitlines() == [str(source), "--labels", str(source / "labels.csv"), "--out", "s3://b/d"]
+    args_path = tmp_path / "radimagenet-args.txt"
+    args_path.write_text(sub.args_file)
+    ns = build_parser("ingest").parse_args(["ingest", f"@{args_path}"])
+    assert ns.source == str(source) and ns.labels == str(source / "labels.csv") and ns.out == "s3://b/d"
+    with pytest.raises(ConfigError, match="line break"):
+        jobs.plan("ingest", ["a\nb", "--out", "s3://b/d"], LOCAL, parse=parse_command, name="d")

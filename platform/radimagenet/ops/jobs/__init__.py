@@ -33,7 +33,9 @@ the node's ``ray start`` (the local stack starts its head with the stack's S3/ML
 cluster uses instance/IAM roles or node environment). ``ship_credentials=True``
 (``--ship-credentials``) sends the locally set ones in ``env_vars`` anyway, accepting that exposure.
 Secrets never go into the entrypoint, the metadata, or printed text: an argument equal to a local
-secret's value is refused.
+secret's value is refused. An ingest's arguments (its SOURCE and ``--labels`` paths, whose folder names
+often carry names and record numbers) are not in the entrypoint either: they travel in a file of the
+job's ``working_dir`` (``python -m radimagenet ingest @radimagenet-args.txt``).
 
 **Names, resume and attempts.** A job's submission id is ``VERB-NAME`` where NAME is ``--name``, else
 the command's own resume key: ``tracking.run_name`` (pretrain, finetune), ``--run-name`` (compare), the
@@ -131,6 +133,11 @@ __all__ = [
 
 
 META = "radimagenet."
+# Verbs whose arguments name source files: Ray shows a job's entrypoint to everyone holding the cluster
+# token (job list, dashboard), and folder names carry patient names and record numbers, so these jobs
+# read their arguments from a file in their working_dir (`radimagenet ingest @radimagenet-args.txt`).
+PRIVATE_ARGS_VERBS = frozenset({"ingest"})
+ARGS_FILE = "radimagenet-args.txt"
 
 
 @dataclasses.dataclass
@@ -147,6 +154,7 @@ class Submission:
     runtime_env: dict[str, Any]
     metadata: dict[str, str]
     shipped_files: list[str] = dataclasses.field(default_factory=list)
+    args_file: str | None = None  # the arguments, one per line, when they stay out of the entrypoint
     warnings: list[str] = dataclasses.field(default_factory=list)
     credentials_shipped: list[str] = dataclasses.field(default_factory=list)  # names only
     skipped: str | None = None  # why nothing was submitted (e.g. the dataset already exists)
@@ -173,9 +181,12 @@ def plan(verb: str, args: list[str], address: str | None = None, *, parse: Parse
     base = _base_id(verb, job)
     submission_id = base if attempt == 1 else f"{base}-{attempt}"
     env_vars, shipped_creds, env_warnings = build_env_vars(local, ship_credentials, environ)
-    entrypoint = shlex.join(["python", "-m", "radimagenet", verb, *args])
+    if verb in PRIVATE_ARGS_VERBS and any("\n" in a or "\r" in a for a in args):
+        raise ConfigError(f"an argument of {verb} holds a line break: it cannot be passed to a job; rename it")
+    args_file = "".join(f"{a}\n" for a in args) if verb in PRIVATE_ARGS_VERBS else None
+    entrypoint = shlex.join(["python", "-m", "radimagenet", verb, *([f"@{ARGS_FILE}"] if args_file else args)])
     for key, value in secret_values(environ).items():
-        if value in entrypoint:
+        if value in shlex.join(args):
             raise ConfigError(f"an argument holds the value of {key}: job entrypoints are visible to everyone "
                               "with access to the cluster; pass secrets through the environment instead")
     runtime_env: dict[str, Any] = {"py_modules": [package_dir()], "env_vars": env_vars,
@@ -186,7 +197,8 @@ def plan(verb: str, args: list[str], address: str | None = None, *, parse: Parse
                 f"{META}version": __version__}
     return Submission(verb=verb, name=job, submission_id=submission_id, attempt=attempt, address=addr,
                       args=args, entrypoint=entrypoint, runtime_env=runtime_env, metadata=metadata,
-                      shipped_files=ship, warnings=warnings + env_warnings, credentials_shipped=shipped_creds)
+                      shipped_files=ship, args_file=args_file, warnings=warnings + env_warnings,
+                      credentials_shipped=shipped_creds)
 
 
 def _attempt_of(details, base: str) -> int | None:
@@ -245,13 +257,15 @@ def submit(verb: str, args: list[str], address: str | None = None, *, parse: Par
     runtime_env = dict(sub.runtime_env)
     staging = None
     try:
-        if sub.shipped_files:
+        if sub.shipped_files or sub.args_file:
             staging = tempfile.mkdtemp(prefix="radimagenet-submit-")
             base_dir = Path(cwd or os.getcwd()).resolve()
             for rel in sub.shipped_files:
                 dest = Path(staging) / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(base_dir / rel, dest)
+            if sub.args_file:
+                (Path(staging) / ARGS_FILE).write_text(sub.args_file)
             runtime_env["working_dir"] = staging
         with _api(sub.address):
             try:
