@@ -112,11 +112,11 @@ def test_a_lease_of_a_dead_process_on_this_machine_is_taken_at_once(stack_env):
 
 def test_hold_renews_and_releases(stack_env):
     uri = _uri("hold")
-    with lease.hold(uri, purpose="ingest", ttl_s=0.8) as held:
+    with lease.hold(uri, purpose="ingest", ttl_s=4.0) as held:
         first = held.etag
-        time.sleep(1.2)  # several heartbeats (every ttl/4)
+        time.sleep(2.5)  # a heartbeat or two (every ttl/4)
         assert held.etag != first and storage.read_json(uri)["heartbeat"] >= held.body["started"]
         held.check()
         with pytest.raises(lease.LeaseHeld):  # renewed: never stale while held
-            lease.acquire(uri, purpose="ingest", ttl_s=0.8)
+            lease.acquire(uri, purpose="ingest", ttl_s=4.0)
     assert not storage.exists(uri)

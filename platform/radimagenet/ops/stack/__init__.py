@@ -7,7 +7,9 @@
 
 All state lives in ``$RADIMAGENET_HOME`` (default ``./.radimagenet``): data, logs, pid files, the
 chosen ports (``state.json``) and the generated secrets (``credentials.json``, mode 0600). S3
-requests must be signed with the generated key; the Ray dashboard and Jobs API need the generated
+requests must be signed with the generated key; SeaweedFS's other ports (master, volume, filer, gRPC)
+take only clients with a certificate from the stack's own CA, plus a signed token for reads and writes
+(:mod:`.seaweed`, files in ``home/weed``); the Ray dashboard and Jobs API need the generated
 token (``RAY_AUTH_MODE=token``). Ports come from ``RADIMAGENET_<NAME>_PORT`` variables, else from
 ``RADIMAGENET_PORT_BASE`` + an offset, else the services' usual defaults.
 """
@@ -34,6 +36,7 @@ from radimagenet.ops.stack.services import (
     _ray_command,
     _ready,
     _s3_command,
+    _service_cwd,
     _service_env,
 )
 from radimagenet.ops.stack.state import (
@@ -134,14 +137,21 @@ def _up(h: Path, timeout_s: float | None) -> dict[str, str]:
         cmd = commands[service](h, ports)
         with open(h / "logs" / f"{service}.log", "ab") as log:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    env=_service_env(h, service), cwd=h, start_new_session=True)
+                                    env=_service_env(h, service), cwd=_service_cwd(h, service),
+                                    start_new_session=True, umask=0o077 if service == "s3" else -1)
         (h / "run" / f"{service}.pid").write_text(f"{proc.pid}\n")
         running[service] = proc.pid
     limit = timeout_s or float(os.environ.get("RADIMAGENET_STACK_TIMEOUT", "120"))
     deadline, waiting = time.monotonic() + limit, list(SERVICES)
     while waiting:
         for service in list(waiting):
-            if _ready(h, service, ports):
+            try:
+                ready = _ready(h, service, ports)
+            except StackError:  # it runs, but not safely (e.g. a weed port without TLS): never leave it so
+                if (pid := _service_pid(h, service)) is not None:
+                    _stop_pid(pid, STOP_GRACE_S[service])
+                raise
+            if ready:
                 waiting.remove(service)
             elif _service_pid(h, service) is None:
                 log = h / "logs" / f"{service}.log"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from radimagenet.errors import StackError
+from radimagenet.ops.stack import seaweed
 from radimagenet.ops.stack.state import BUCKET, HOST, REGION, _credentials, _short_dir, _write_private, env
 
 
@@ -38,12 +39,14 @@ def _s3_command(home: Path, ports: dict[str, Any]) -> list[str]:
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
     }]}
     _write_private(home / "s3_identities.json", json.dumps(identities, indent=2))
-    sock = _short_dir(home) / "weed"
+    sock = _short_dir(home) / "weed"  # weed's unix sockets (filer: plain HTTP, behind JWT) and logs
     sock.mkdir(parents=True, exist_ok=True)
+    sock.chmod(0o700)
     (home / "s3").mkdir(exist_ok=True)
+    conf = seaweed.configure(home)  # mTLS + JWT on every port but S3's (our security.toml, no other)
     p = ports
     return [
-        _tool("weed"), f"-logdir={sock}", "server",
+        _tool("weed"), f"-config_dir={conf}", f"-logdir={sock}", "server",
         f"-ip={HOST}", f"-ip.bind={HOST}", f"-dir={home / 's3'}", "-master.telemetry=false",
         f"-master.port={p['weed_master']}", f"-master.port.grpc={p['weed_master_grpc']}",
         # Small volumes + "as many as the disk holds": the defaults (30 GB volumes, max 8) run out of
@@ -121,16 +124,22 @@ def _ray_command(home: Path, ports: dict[str, Any]) -> list[str]:
 _SERVICE_ENV_PREFIXES = {"s3": (), "mlflow": ("AWS_", "MLFLOW_S3_"), "ray": ("AWS_", "MLFLOW_", "RAY_", "RADIMAGENET_")}
 
 
+def _service_cwd(home: Path, service: str) -> Path:
+    """Where a service runs: weed in its configuration folder (it reads ./security.toml too)."""
+    return seaweed.conf_dir(home) if service == "s3" else home
+
+
 def _service_env(home: Path, service: str) -> dict[str, str]:
     """The environment a service process runs with: ours (less any client secrets), plus only the
     stack's client variables the service uses (no S3 key in SeaweedFS, no Ray token in MLflow)."""
-    out = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_", "AWS_"))
+    out = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_", "AWS_", "WEED_"))
            and (service == "ray" or k != "RADIMAGENET_DEID_SECRET")}
     out.update({k: v for k, v in env(home).items() if k.startswith(_SERVICE_ENV_PREFIXES[service])})
     out["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{out.get('PATH', '')}"
     out["PYTHONUNBUFFERED"] = "1"
-    if service == "s3":
+    if service == "s3":  # WEED_* variables would override security.toml; so would ~/.seaweedfs/
         out["TMPDIR"] = str(_short_dir(home) / "weed")
+        out["HOME"] = str(seaweed.conf_dir(home))
     if service == "mlflow":
         out["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # else 7 huey workers, ~250 MB each
         out["MLFLOW_AUTH_CONFIG_PATH"] = str(_mlflow_auth_config(home))
@@ -160,7 +169,10 @@ def _ready(home: Path, service: str, ports: dict[str, Any]) -> bool:
                 client.create_bucket(Bucket=BUCKET)
             probe = secrets.token_bytes(16)  # a signed put/get round trip, not just a listing
             client.put_object(Bucket=BUCKET, Key="_stack/ready", Body=probe)
-            return client.get_object(Bucket=BUCKET, Key="_stack/ready")["Body"].read() == probe
+            if client.get_object(Bucket=BUCKET, Key="_stack/ready")["Body"].read() != probe:
+                return False
+            seaweed.check_locked(home, ports)  # up, and its other ports refuse clients without our certificate
+            return True
         if service == "mlflow":  # an authenticated call: the auth app is up and knows our user
             token = base64.b64encode(f"{e['MLFLOW_TRACKING_USERNAME']}:{e['MLFLOW_TRACKING_PASSWORD']}".encode())
             url = f"{e['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
@@ -169,6 +181,8 @@ def _ready(home: Path, service: str, ports: dict[str, Any]) -> bool:
             url, headers = f"{e['RAY_ADDRESS']}/api/jobs/", {"Authorization": f"Bearer {e['RAY_AUTH_TOKEN']}"}
         with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as r:
             return r.status == 200
+    except StackError:
+        raise
     except Exception:  # noqa: BLE001 - not ready yet, whatever the reason
         return False
 

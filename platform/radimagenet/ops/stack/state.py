@@ -117,6 +117,11 @@ def _new_secrets() -> dict[str, str]:
         "mlflow_username": "radimagenet",
         "mlflow_password": secrets.token_urlsafe(24),
         "mlflow_flask_secret": secrets.token_hex(32),
+        # SeaweedFS's JWT signing keys (security.toml): volume writes and reads, filer writes and reads
+        "weed_jwt_write": secrets.token_hex(32),
+        "weed_jwt_read": secrets.token_hex(32),
+        "weed_filer_jwt_write": secrets.token_hex(32),
+        "weed_filer_jwt_read": secrets.token_hex(32),
     }
 
 
