@@ -164,8 +164,9 @@ def full_ingest(folder: Path, workers: int, size: int) -> tuple[float, float]:
     uploads too), not the S3 server or Ray workers."""
     out = f"s3://radimagenet/bench/{uuid.uuid4().hex[:8]}"
     n = len(input_files(folder))
-    cfg = IngestConfig(source=str(folder), out=out, image_size=size, workers=workers, patient_from="auto",
-                       shard_size=64 * 1024 * 1024)
+    png = any(p.suffix == ".png" for p in input_files(folder))  # PNGs carry no patient: split by image
+    cfg = IngestConfig(source=str(folder), out=out, image_size=size, workers=workers,
+                       split_unit="image" if png else "patient", shard_size=64 * 1024 * 1024)
     t, c = time.perf_counter(), time.process_time()
     manifest = ingest(cfg, SECRET, progress=False)
     wall, cpu = time.perf_counter() - t, time.process_time() - c

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 from PIL import Image
 from pydicom import uid
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate
+from pydicom.dataset import Dataset
 from pydicom.pixels.encoders import RLELosslessEncoder
 
+from helpers_dicom import dicom_header, save_encapsulated, save_native
 from radimagenet.errors import ConfigError
 from radimagenet.ingest import IngestConfig
 from radimagenet.ingest.decode import DecodeConfig, Rejected, decode_file, decode_mask, dicom
@@ -32,44 +32,6 @@ SMALL_PEAK = 32 * 2**20  # bytes a rejected file may cost at most (the declared 
 
 
 # ----------------------------------------------------------------------------------------- builders
-
-
-def dicom_header(tsyntax: str, rows: int, cols: int, *, bits: int = 16, samples: int = 1,
-                 frames: int | None = None, **tags) -> Dataset:
-    """A Part 10 dataset with Image Pixel tags and no pixel data yet."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = tsyntax
-    ds.file_meta.MediaStorageSOPClassUID = uid.SecondaryCaptureImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = uid.generate_uid()
-    ds.SOPClassUID = uid.SecondaryCaptureImageStorage
-    ds.Modality, ds.PatientID = "OT", "HOSTILE-1"
-    ds.Rows, ds.Columns, ds.SamplesPerPixel = rows, cols, samples
-    ds.PhotometricInterpretation = "RGB" if samples == 3 else "MONOCHROME2"
-    if samples == 3:
-        ds.PlanarConfiguration = 0
-    ds.BitsAllocated = ds.BitsStored = bits
-    ds.HighBit, ds.PixelRepresentation = bits - 1, 0
-    if frames is not None:
-        ds.NumberOfFrames = frames
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    return ds
-
-
-def save_encapsulated(path: Path, ds: Dataset, frames: list[bytes]) -> Path:
-    ds.PixelData = encapsulate(frames)
-    ds["PixelData"].VR = "OB"
-    ds["PixelData"].is_undefined_length = True
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
-def save_native(path: Path, ds: Dataset, data: bytes) -> Path:
-    ds.PixelData = data
-    ds["PixelData"].VR = "OW" if ds.BitsAllocated > 8 else "OB"
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def fake_rle(size: int = 7000) -> bytes:
@@ -434,7 +396,8 @@ def test_ingest_of_a_hostile_corpus_rejects_each_file_within_bounded_memory(stac
     secret.write_text("hostile-test-secret-0123456789")
     out = f"s3://radimagenet/tests/hostile-{uuid.uuid4().hex[:8]}"
     r = subprocess.run([sys.executable, "-c", _MEASURED_MAIN, "ingest", str(source), "--out", out,
-                        "--secret-file", str(secret), "--image-size", "32", "--workers", "1", "--no-progress"],
+                        "--secret-file", str(secret), "--image-size", "32", "--workers", "1", "--no-progress",
+                        "--split-unit", "image"],
                        capture_output=True, text=True, timeout=300, env=dict(os.environ))
     assert r.returncode == 0, r.stderr
     peak_kib = int(r.stdout.split("maxrss_kib")[-1].split()[0])

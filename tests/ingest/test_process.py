@@ -162,12 +162,12 @@ PHI_DIR = "SMITH^JOHN_MRN0012345/2019-03-02_CT"
 PHI = ("SMITH", "JOHN", "MRN0012345", "2019-03-02", "IMG0001")
 
 
-def _ctx(secret: bytes = b"test-secret-0123456789abcdef"):
+def _ctx(secret: bytes = b"test-secret-0123456789abcdef", patient_from: str = "auto"):
     from radimagenet.ingest import decode
     from radimagenet.ingest.process import Context
 
     return Context(class_ids={"CT/lung": 0}, decode_cfg=decode.DecodeConfig(), image_size=32, encoding="npy",
-                   secret=secret, fractions=(0.8, 0.1, 0.1), patient_from="auto")
+                   secret=secret, fractions=(0.8, 0.1, 0.1), patient_from=patient_from)
 
 
 def _phi_free(text: str, *extra: str) -> bool:
@@ -186,7 +186,7 @@ def test_results_are_named_by_pseudonym_and_details_are_path_free(tmp_path, monk
     (root / "CT/lung").mkdir(parents=True)
     good = root / "CT/lung/IMG0001.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(good)
-    ctx = _ctx()
+    ctx = _ctx(patient_from="file")  # PNGs carry no patient: --split-unit image
 
     def row(i, rel, problem=None):
         return InputRow(index=i, source=rel, path=str(root / rel), label="CT/lung", problem=problem)

@@ -106,6 +106,7 @@ def test_dataset_verifies_and_inspects(ingested):
     assert verify(manifest) == []
     text = summary(load_manifest(out))
     assert "train" in text and "blank" in text and manifest["classes"][0] in text
+    assert manifest["split_unit"] == "patient" and "split by  patient" in text  # every patient a real one
     assert manifest["classes"] == sorted(manifest["classes"]) and len(manifest["classes"]) >= 8
     assert manifest["digest"].startswith("sha256:") and manifest["versions"]["pydicom"]
 
@@ -206,8 +207,14 @@ def test_folder_layout_with_png_and_jpeg(stack_env, tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / "CT/lung/nodule/readme.txt").write_text("not an image either")
     out = new_prefix("folder")
-    m = run_ingest(tmp_path, out, labels=None, image_size=32)
+    with pytest.raises(ConfigError, match="--split-unit image"):  # PNG/JPEG carry no patient identity
+        run_ingest(tmp_path, out, labels=None, image_size=32)
+    assert storage.list_keys(out) == []
+    m = run_ingest(tmp_path, out, labels=None, image_size=32, split_unit="image")
     assert m["classes"] == ["CT/lung/nodule", "US/gb"]
+    assert m["split_unit"] == "image" and m["ingest"]["patient_from"] == "file"
+    text = summary(load_manifest(out))
+    assert "split by  image" in text and "warning: dataset is split image by image" in text
     report = {line["source"]: line for line in load_report(out)}
     assert report[pseudo("notes.txt")]["reason"].startswith("missing_label")
     assert report[pseudo("CT/lung/nodule/readme.txt")]["reason"].startswith("unsupported_format")
@@ -215,6 +222,47 @@ def test_folder_layout_with_png_and_jpeg(stack_env, tmp_path):
     assert m["counts"]["written"] == 9 and m["counts"]["inputs"] == 11
     samples = shard_samples(m)
     assert {s["source_format"] for s in samples} == {"png", "jpeg"}
+
+
+def _split_files(folder: Path, assign: dict[str, str]) -> dict[str, str]:
+    """One ``filename,label`` file per split (labels deliberately wrong: they are not used)."""
+    files = {}
+    for split in ("train", "val", "test"):
+        path = folder / f"RadiologyAI_{split}.csv"
+        path.write_text("filename,label\n" + "".join(f"{p},XX/unused\n" for p, s in assign.items() if s == split))
+        files[split] = str(path)
+    return files
+
+
+def test_split_files_assign_splits_exactly_as_given(stack_env, corpus, tmp_path):
+    # PNGs without patients: the split files are a way out; the unlisted file is not_in_split_files
+    src = tmp_path / "radiology_ai"
+    for i in range(6):
+        _png(src / "CT/lung/nodule" / f"{i}.png", np.random.default_rng(i).integers(0, 255, (40, 40), dtype=np.uint8))
+    given = {f"radiology_ai/CT/lung/nodule/{i}.png": ("train", "val", "test", "test", "train")[i] for i in range(5)}
+    out = new_prefix("splitcsv")
+    m = run_ingest(src, out, labels=None, image_size=32, split_csv=_split_files(tmp_path, given))
+    report = {line["source"]: line for line in load_report(out)}
+    assert {p: report[pseudo(p.split("/", 1)[1])]["split"] for p in given} == given
+    assert report[pseudo("CT/lung/nodule/5.png")]["reason"].startswith("not_in_split_files")
+    assert m["counts"]["rejected_by_reason"] == {"not_in_split_files": 1}
+    assert m["split_unit"] == "image"  # no patient identity: each file its own unit, splits as given
+    assert set(m["ingest"]["split_csv"]) == {"train", "val", "test"}
+    assert m["ingest"]["split_csv"]["val"] == pseudo(str((tmp_path / "RadiologyAI_val.csv").resolve()))
+    assert str(tmp_path).encode() not in all_bytes_under(out) and b"RadiologyAI" not in all_bytes_under(out)
+
+    # DICOMs with patient IDs, split by patient in the files: the dataset is split by patient
+    source, _ = corpus
+    rows = [line.split(",") for line in (source / "labels.csv").read_text().splitlines()[1:]]
+    patients = sorted({r[2] for r in rows})
+    by_patient = {p: ("train", "val", "test")[i % 3] for i, p in enumerate(patients)}
+    given = {r[0]: by_patient[r[2]] for r in rows}
+    out = new_prefix("splitcsv-dicom")
+    m = run_ingest(source, out, split_csv=_split_files(tmp_path, given))
+    got = {line["source"]: line["split"] for line in load_report(out) if line["status"] == "written"}
+    assert got and got == {pseudo(p): s for p, s in given.items() if pseudo(p) in got}
+    assert m["split_unit"] == "patient"
+    assert {s: v["samples"] > 0 for s, v in m["splits"].items()} == {"train": True, "val": True, "test": True}
 
 
 def test_pydicom_test_files_are_decoded_or_rejected_with_a_reason(stack_env, tmp_path):
@@ -227,7 +275,7 @@ def test_pydicom_test_files_are_decoded_or_rejected_with_a_reason(stack_env, tmp
     for i, f in enumerate(files):
         shutil.copy(f, folder / f"{i:03d}_{Path(f).name}")
     out = new_prefix("pydicom")
-    m = run_ingest(tmp_path, out, labels=None, image_size=64, patient_from="file")
+    m = run_ingest(tmp_path, out, labels=None, image_size=64, split_unit="image")
     report = load_report(out)
     assert len(report) == len(files) == m["counts"]["inputs"]
     names = {pseudo(f"MR/misc/{i:03d}_{Path(f).name}"): Path(f).name for i, f in enumerate(files)}

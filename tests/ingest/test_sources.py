@@ -255,7 +255,8 @@ def test_folder_ingest_with_links_out_and_a_non_utf8_name(stack_env, s3_prefix, 
     (src / "CT/a/outdir").symlink_to(outside, target_is_directory=True)
     with open(os.fsencode(src / "US/b") + b"/bad\xff.png", "wb") as f:
         f.write((src / "US/b/0.png").read_bytes())
-    m = ingest(IngestConfig(source=str(src), out=s3_prefix, image_size=32), SECRET, progress=False)
+    m = ingest(IngestConfig(source=str(src), out=s3_prefix, image_size=32, split_unit="image"), SECRET,
+               progress=False)  # PNGs without patients: split image by image, said explicitly
     report = load_report(s3_prefix)  # input order: CT/a/0..2, out.png, outdir, US/b/0..2, bad\xff.png
     assert len(report) == m["counts"]["inputs"] == 9
     got = [(line["status"], (line["reason"] or "").split(":")[0]) for line in report]

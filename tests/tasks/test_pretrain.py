@@ -123,6 +123,7 @@ def test_two_workers_learn_survive_a_killed_worker_and_register(manifest_uri, tm
     assert {"val/accuracy_CT", "val/accuracy_MR", "val/top5", "train/images_per_s"} <= set(run.data.metrics)
     assert run.data.params["model.arch"] == ARCH and run.data.params["train.epochs"] == "3"
     assert run.data.tags["radimagenet.dataset_digest"].startswith("sha256:")
+    assert run.data.tags["radimagenet.split_unit"] == "unknown"  # a manifest without split_unit, no warning
     assert run.inputs.dataset_inputs, "dataset not logged as an input"
     assert "config/pretrain.yaml" in [a.path for a in MlflowClient().list_artifacts(result.run_id, "config")]
 
@@ -234,13 +235,19 @@ def test_unreachable_s3_or_mlflow_fails_fast_and_writes_nothing(manifest_uri, mo
     assert runs_named(run_name) == []
 
 
-def test_in_process_run_for_notebooks(manifest_uri, tmp_path):
+def test_in_process_run_for_notebooks(manifest_uri, tmp_path, capsys):
     from radimagenet.tasks.pretrain import pretrain
 
+    # the same shards under a manifest that says split_unit image: the run carries the warning tag
+    image_split = manifest_uri.replace("/manifest.json", "-image/manifest.json")
+    storage.write_json(image_split, storage.read_json(manifest_uri) | {"split_unit": "image"})
     run_name = f"inproc-{uuid.uuid4().hex[:6]}"
-    result = pretrain(config(manifest_uri, run_name, **{
+    result = pretrain(config(image_split, run_name, **{
         "train.epochs": 1, "scaling.num_workers": 1, "checkpoint.storage_path": str(tmp_path / "ckpt"),
         "registry.register": False}), in_process=True)
     assert result.metrics["epoch"] == 1 and result.version is None
     assert (tmp_path / "ckpt" / run_name / "checkpoint_epoch-000000" / "model.safetensors").is_file()
-    assert len(runs_named(run_name)) == 1
+    (run,) = runs_named(run_name)
+    assert run.data.tags["radimagenet.split_unit"] == "image"
+    assert run.data.tags["radimagenet.warning.split_unit"].startswith("dataset is split image by image")
+    assert "[radimagenet] warning: dataset is split image by image" in capsys.readouterr().err

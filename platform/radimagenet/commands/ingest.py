@@ -33,14 +33,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", action="append", default=[], metavar="MODALITY=CENTER,WIDTH",
                    help="default window for a modality when the file has none (default CT=40,400); repeatable")
     p.add_argument("--patient-from", choices=["auto", "column", "dicom", "file"], default="auto",
-                   help="where the patient identity comes from (auto: labels column, then DICOM PatientID, "
-                   "then one patient per file)")
+                   help="where the patient identity comes from (auto: the labels file's patient_id column, "
+                   "then the DICOM PatientID; PNG/JPEG carry none, so without a patient_id column, --split-csv "
+                   "or --split-unit image they stop the ingest before it writes anything). file: an alias "
+                   "of --split-unit image")
+    p.add_argument("--split-unit", choices=["patient", "image"], default="patient",
+                   help="what the splits keep together (default patient). image: each file is its own unit, "
+                   "so images of one patient can land in train and test; the manifest says split_unit image "
+                   "and every run on the dataset carries a warning")
+    p.add_argument("--split-csv", action="append", default=[], metavar="SPLIT=FILE",
+                   help="take the splits as given by a file per split (train, val, test; repeatable), e.g. "
+                   "RadImageNet's RadiologyAI_train.csv: a CSV with filename (or path) and label columns, paths "
+                   "relative to SOURCE or to its parent folder. Its label column is not used (labels come from "
+                   "--labels or the folders); a file listed in none is rejected not_in_split_files; a file "
+                   "without a patient identity is then its own patient")
     p.add_argument("--max-megapixels", type=float, default=64.0,
                    help="largest decoded frame in megapixels, checked from the header before decoding; "
                    "larger files are rejected too_large (default 64)")
     p.add_argument("--allow-burned-in", action="store_true",
                    help="keep DICOMs whose BurnedInAnnotation is YES (text, possibly identifying, in the "
                    "pixels); rejected burned_in_annotation by default")
+    p.add_argument("--text-check", choices=["off", "sc-us", "all"], default="off",
+                   help="reject images with text in the pixels (burned_in_text), found by a CPU text detector "
+                   "(needs the extra: pip install 'radimagenet[textcheck]'; ~0.2 s per image per core). "
+                   "sc-us: DICOM secondary captures and ultrasound, and every PNG/JPEG input; all: every "
+                   "image; off: none (default)")
     p.add_argument("--secret-file", help="file holding the de-identification secret (default: "
                    "$RADIMAGENET_DEID_SECRET, else deid-secret in $RADIMAGENET_HOME, else in "
                    "$XDG_CONFIG_HOME/radimagenet or ~/.config/radimagenet: created once, mode 0600, the same "
@@ -66,8 +83,22 @@ def _windows(items: list[str]) -> dict[str, tuple[float, float]]:
     return windows
 
 
+def _split_csv(items: list[str]) -> dict[str, str]:
+    from radimagenet.errors import ConfigError
+
+    out: dict[str, str] = {}
+    for item in items:
+        split, sep, path = item.partition("=")
+        if not sep or not path or split.strip() not in ("train", "val", "test"):
+            raise ConfigError(f"--split-csv {item!r} is not SPLIT=FILE with SPLIT train, val or test")
+        if split.strip() in out:
+            raise ConfigError(f"--split-csv names the {split.strip()} split twice")
+        out[split.strip()] = path
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
-    from radimagenet.dataset.inspect import class_warnings, split_warnings
+    from radimagenet.dataset.inspect import class_warnings, split_unit_warnings, split_warnings
     from radimagenet.errors import ConfigError
     from radimagenet.ingest import IngestConfig, ingest
     from radimagenet.ingest.config import parse_size
@@ -81,8 +112,9 @@ def run(args: argparse.Namespace) -> int:
         source=args.source, out=args.out, labels=args.labels, image_size=args.image_size,
         encoding=args.encoding, split_fractions=fractions, shard_size=parse_size(args.shard_size),
         workers=args.workers, chunk_size=args.chunk_size, take_over=args.take_over, multiframe=args.multiframe,
-        windows=_windows(args.window), patient_from=args.patient_from,
-        max_megapixels=args.max_megapixels, allow_burned_in=args.allow_burned_in,
+        windows=_windows(args.window), patient_from=args.patient_from, split_unit=args.split_unit,
+        split_csv=_split_csv(args.split_csv),
+        max_megapixels=args.max_megapixels, allow_burned_in=args.allow_burned_in, text_check=args.text_check,
     )
     manifest = ingest(cfg, load_secret(args.secret_file), progress=False if args.no_progress else None,
                       source_map=source_map_path(args.out, args.secret_file))
@@ -91,6 +123,6 @@ def run(args: argparse.Namespace) -> int:
           f"{c['duplicates']} duplicates; " + ", ".join(
               f"{s} {v['samples']} in {len(v['shards'])} shard(s)" for s, v in manifest["splits"].items()))
     print(f"manifest: {manifest['uri']}/manifest.json  digest: {manifest['digest']}")
-    for warning in split_warnings(manifest) + class_warnings(manifest):
+    for warning in split_unit_warnings(manifest) + split_warnings(manifest) + class_warnings(manifest):
         print(f"radimagenet ingest: warning: {warning}", file=sys.stderr)
     return 0

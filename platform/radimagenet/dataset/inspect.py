@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from radimagenet.dataset.format import SPLITS, manifest_uri
+from radimagenet.dataset.format import SPLITS, manifest_uri, split_unit
 from radimagenet.io import storage
 
 
@@ -40,6 +40,19 @@ def split_warnings(manifest: dict) -> list[str]:
     return out
 
 
+def split_unit_warnings(manifest: dict) -> list[str]:
+    """One line when the dataset is split image by image (``split_unit`` image): a training run on it
+    prints it and carries it as the tag ``radimagenet.warning.split_unit``."""
+    if split_unit(manifest) != "image":
+        return []
+    given = bool((manifest.get("ingest") or {}).get("split_csv"))
+    why = ("its splits come from the --split-csv files as given, and some images have no patient identity to "
+           "check them by" if given else "each image was its own unit")
+    return [f"dataset is split image by image (split_unit image: {why}): images of one patient may sit in "
+            f"train and test, which inflates test metrics; re-ingest with a patient_id column for a "
+            f"patient-level split"]
+
+
 def class_warnings(manifest: dict) -> list[str]:
     """Warnings for classes that ended with no written image (every input of theirs was rejected or a
     duplicate at decode time). Label ids are fixed before shards are written, so such a class keeps
@@ -55,6 +68,13 @@ def class_warnings(manifest: dict) -> list[str]:
     ]
 
 
+_SPLIT_UNIT_NOTES = {
+    "patient": " (every patient in one split)",
+    "image": " (each image its own unit; see the warning below)",
+    "unknown": " (written before split_unit was recorded; its ingest may have split image by image)",
+}
+
+
 def summary(manifest: dict[str, Any]) -> str:
     """A human-readable summary: splits, classes, counts, rejects by reason."""
     c = manifest["counts"]
@@ -64,6 +84,7 @@ def summary(manifest: dict[str, Any]) -> str:
         f"created   {manifest['created']}   image {manifest['image_size']}px {manifest['encoding']}"
         + ("  with masks" if manifest.get("has_masks") else ""),
         f"inputs    {c['inputs']}: {c['written']} written, {c['rejected']} rejected, {c['duplicates']} duplicates",
+        f"split by  {split_unit(manifest)}" + _SPLIT_UNIT_NOTES.get(split_unit(manifest), ""),
     ]
     for reason, n in c.get("rejected_by_reason", {}).items():
         lines.append(f"  rejected {reason}: {n}")
@@ -81,5 +102,6 @@ def summary(manifest: dict[str, Any]) -> str:
     lines.append(f"{'class':<{width}} " + " ".join(f"{n:>7}" for n in splits))
     for cls in manifest["classes"]:
         lines.append(f"{cls:<{width}} " + " ".join(f"{s['classes'].get(cls, 0):>7}" for s in splits.values()))
-    lines.extend(f"warning: {w}" for w in split_warnings(manifest) + class_warnings(manifest))
+    warnings = split_unit_warnings(manifest) + split_warnings(manifest) + class_warnings(manifest)
+    lines.extend(f"warning: {w}" for w in warnings)
     return "\n".join(lines)

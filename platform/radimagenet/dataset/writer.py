@@ -33,7 +33,8 @@ class ShardRecord:
     samples: int
     bytes: int
     sha256: str
-    members: list[dict[str, Any]] = field(default_factory=list)  # index, source, key, label_id, patient
+    # index, source, key, label_id, patient, patient_source (per member)
+    members: list[dict[str, Any]] = field(default_factory=list)
 
     def manifest_entry(self) -> dict[str, Any]:
         """The shard's entry in ``manifest["splits"][split]["shards"]``."""
@@ -98,7 +99,7 @@ class ShardWriter:
         record.samples += 1
         record.members.append(
             {"index": sample.index, "source": sample.source, "key": sample.key,
-             "label_id": sample.label_id, "patient": sample.patient}
+             "label_id": sample.label_id, "patient": sample.patient, "patient_source": sample.patient_source}
         )
         if sink.size >= self.target_bytes:
             self.finish_shard()

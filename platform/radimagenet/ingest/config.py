@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from radimagenet.dataset.format import ENCODINGS
 from radimagenet.errors import ConfigError
+from radimagenet.ingest.textcheck import TEXT_CHECK_MODES
 
 
 @dataclass(frozen=True)
@@ -24,9 +25,12 @@ class IngestConfig:
     take_over: bool = False  # take the output prefix's lease even from a holder that still renews it
     multiframe: str = "middle"
     windows: dict[str, tuple[float, float]] = field(default_factory=lambda: {"CT": (40.0, 400.0)})
-    patient_from: str = "auto"  # auto | column | dicom | file
+    patient_from: str = "auto"  # auto | column | dicom | file (file: an alias of split_unit="image")
+    split_unit: str = "patient"  # patient | image (each file its own unit)
+    split_csv: dict[str, str] = field(default_factory=dict)  # split -> file listing its paths (filename,label)
     max_megapixels: float = 64.0  # largest decoded frame; larger inputs are rejected 'too_large'
     allow_burned_in: bool = False  # keep DICOMs with BurnedInAnnotation YES
+    text_check: str = "off"  # off | sc-us | all: reject images with text in the pixels ('burned_in_text')
 
     def __post_init__(self) -> None:
         if self.image_size < 16 or self.image_size > 4096:
@@ -44,8 +48,25 @@ class IngestConfig:
             raise ConfigError(f"--multiframe must be middle, first or reject, got {self.multiframe!r}")
         if self.patient_from not in ("auto", "column", "dicom", "file"):
             raise ConfigError(f"--patient-from must be auto, column, dicom or file, got {self.patient_from!r}")
+        self._check_split_unit()
         if not 0 < self.max_megapixels < float("inf"):
             raise ConfigError(f"--max-megapixels must be a positive number, got {self.max_megapixels}")
+        if self.text_check not in TEXT_CHECK_MODES:
+            raise ConfigError(f"--text-check must be one of {', '.join(TEXT_CHECK_MODES)}, got {self.text_check!r}")
+
+    def _check_split_unit(self) -> None:
+        """``patient_from="file"`` and ``split_unit="image"`` are one setting: make both say it."""
+        if self.split_unit not in ("patient", "image"):
+            raise ConfigError(f"--split-unit must be patient or image, got {self.split_unit!r}")
+        if self.split_unit == "image" and self.patient_from not in ("auto", "file"):
+            raise ConfigError(f"--split-unit image takes each file as its own unit; drop --patient-from "
+                              f"{self.patient_from}")
+        if self.patient_from == "file" or self.split_unit == "image":
+            object.__setattr__(self, "patient_from", "file")  # frozen: normalised once, here
+            object.__setattr__(self, "split_unit", "image")
+        unknown = sorted(set(self.split_csv) - {"train", "val", "test"})
+        if unknown:
+            raise ConfigError(f"--split-csv takes SPLIT=FILE with SPLIT train, val or test, got {unknown}")
 
     def fingerprint_fields(self) -> dict:
         """The settings that determine the output; a resumed ingest must match them."""
@@ -57,8 +78,10 @@ class IngestConfig:
             "multiframe": self.multiframe,
             "windows": {k: list(v) for k, v in sorted(self.windows.items())},
             "patient_from": self.patient_from,
+            "split_unit": self.split_unit,
             "max_megapixels": self.max_megapixels,
             "allow_burned_in": self.allow_burned_in,
+            "text_check": self.text_check,
         }
 
 

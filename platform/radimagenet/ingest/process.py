@@ -16,12 +16,12 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-import xxhash
 
-from radimagenet.dataset.format import Sample
+from radimagenet.dataset.format import Sample, pixel_key
 from radimagenet.ingest import decode
 from radimagenet.ingest.deid import clean_meta, patient_key, source_pseudonym, split_of
 from radimagenet.ingest.sources import InputRow
+from radimagenet.ingest.textcheck import checks, describe, detect_text
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class Context:
     secret: bytes
     fractions: tuple[float, float, float]
     patient_from: str
+    text_check: str = "off"  # which images the pixel text check sees (textcheck.checks)
 
 
 @dataclass
@@ -56,18 +57,6 @@ class Processed(Sample):
 
 class MaskMismatch(Exception):
     """The mask's size differs from its image's."""
-
-
-def pixel_key(image: np.ndarray) -> str:
-    """Content key: XXH3-128 of the decoded full-resolution uint8 pixels and their shape (32 hex).
-
-    The key finds exact duplicates among a dataset's own images; it is not a security boundary
-    (shards and the dataset digest use SHA-256). XXH3 costs 0.006 ms per 512 x 512 image where
-    SHA-256 costs 0.16 ms, a tenth of the whole per-file budget of an uncompressed ingest.
-    """
-    h = xxhash.xxh3_128(f"{image.shape[0]}x{image.shape[1]}:".encode())
-    h.update(np.ascontiguousarray(image).data)
-    return h.hexdigest()
 
 
 def encode_image(image: np.ndarray, encoding: str) -> bytes:
@@ -98,13 +87,16 @@ def encode_mask(mask: np.ndarray) -> bytes:
 
 
 def _patient_identity(row: InputRow, decoded: decode.Decoded, ctx: Context) -> tuple[str | None, str]:
-    """(raw identity to hash, where it came from), following ``ctx.patient_from``."""
+    """(raw identity to hash, where it came from), following ``ctx.patient_from``. Under ``auto`` a
+    row without one is its own patient only when its split is given (split files, a split column)."""
     mode = ctx.patient_from
+    if mode == "file":
+        return "file:" + row.source, "file"
     if mode in ("auto", "column") and row.patient_id:
         return row.patient_id, "column"
     if mode in ("auto", "dicom") and decoded.patient_id:
         return decoded.patient_id, "dicom"
-    if mode in ("auto", "file"):
+    if mode == "auto" and row.split is not None:
         return "file:" + row.source, "file"
     return None, mode
 
@@ -126,9 +118,13 @@ def process_row(row: InputRow, ctx: Context) -> Sample | Reject:
         return Reject(row.index, source, exc.reason, path_free(exc.detail, row))
     except Exception as exc:  # noqa: BLE001 - a bug in one file's decoding must not stop the run
         return Reject(row.index, source, "decode_failed", path_free(f"{type(exc).__name__}: {exc}", row))
+    text = _text_found(decoded, ctx.text_check)
+    if text:
+        return Reject(row.index, source, "burned_in_text", text)
     identity, origin = _patient_identity(row, decoded, ctx)
     if identity is None:
-        return Reject(row.index, source, "missing_patient_id", f"no patient ID ({origin})")
+        return Reject(row.index, source, "missing_patient_id", f"no patient identity (--patient-from {origin}); "
+                      f"give a patient_id column, --split-csv files or --split-unit image")
     patient = patient_key(ctx.secret, identity)
     split = row.split or split_of(patient, ctx.fractions)
     label_id = ctx.class_ids[row.label]
@@ -148,8 +144,22 @@ def process_row(row: InputRow, ctx: Context) -> Sample | Reject:
         image=encode_image(resized, ctx.encoding),
         meta=json.dumps(meta, sort_keys=True).encode(),
         mask=mask,
+        patient_source=origin,
         dropped=tuple(dropped),
     )
+
+
+def _text_found(decoded: decode.Decoded, mode: str) -> str | None:
+    """The reject detail when the pixel text check applies to this image and finds text (its count and
+    area only), else None. A detector error rejects too: an image that could not be checked is not kept."""
+    meta = decoded.meta
+    if not checks(mode, meta.get("source_format", ""), decoded.sop_class, meta.get("modality", "")):
+        return None
+    try:
+        boxes = detect_text(decoded.image)
+    except Exception as exc:  # noqa: BLE001 - one image the detector cannot take must not stop the run
+        return f"the text check failed ({type(exc).__name__}), so the image is not kept"
+    return describe(boxes, decoded.image.shape) if boxes else None
 
 
 # an absolute POSIX, home-relative or Windows path (not "0/255": a path starts the text or follows a space)

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from radimagenet.dataset.format import FORMAT, SPLITS, Sample, manifest_uri
+from radimagenet.dataset.format import FORMAT, SPLITS, Sample, manifest_uri, split_unit_of
 from radimagenet.dataset.writer import ShardRecord, ShardWriter
 from radimagenet.errors import ConfigError
 from radimagenet.ingest import decode
@@ -38,14 +38,18 @@ from radimagenet.ingest.deid import (
 )
 from radimagenet.ingest.process import Context, Reject, process_rows
 from radimagenet.ingest.sources import InputRow, class_list, read_inputs
+from radimagenet.ingest.splits import assign_splits, check_patient_identity, read_split_files
 from radimagenet.ingest.target import check_target, clear_journal, journal_shard, preflight, remove_orphans
+from radimagenet.ingest.textcheck import require_detector
 from radimagenet.io import lease, storage
 
 # --- processing inputs -----------------------------------------------------------------------------
 
-def fingerprint_of(cfg: IngestConfig, rows: list[InputRow], classes: list[str], secret: bytes) -> dict:
+def fingerprint_of(cfg: IngestConfig, rows: list[InputRow], classes: list[str], secret: bytes,
+                   split_files: dict[str, str] | None = None) -> dict:
     """Everything that must match for a re-run to continue an unfinished ingest (the inputs as an
-    HMAC-SHA256 keyed with the secret: it goes to S3, and a plain hash of a short path list is guessable)."""
+    HMAC-SHA256 keyed with the secret: it goes to S3, and a plain hash of a short path list is guessable;
+    ``split_files``: split -> HMAC of its ``--split-csv`` file's content, never its path)."""
     text = "\n".join(f"{r.source}\t{r.label}" for r in rows).encode("utf-8", "surrogateescape")
     inputs = hmac.new(secret, text, hashlib.sha256).hexdigest()
     return {
@@ -53,6 +57,7 @@ def fingerprint_of(cfg: IngestConfig, rows: list[InputRow], classes: list[str], 
         "inputs_sha256": inputs,
         "inputs": len(rows),
         "classes": classes,
+        "split_csv": dict(sorted((split_files or {}).items())),
         "secret_fingerprint": secret_fingerprint(secret),
     }
 
@@ -115,7 +120,7 @@ class _State:
             return
         known = self.split_of_patient.setdefault(res.patient, res.split)
         if known != res.split:
-            reason = f"split_conflict: this patient is already in {known!r}, the labels file says {res.split!r}"
+            reason = f"split_conflict: this patient is already in {known!r}, this input is given {res.split!r}"
             self.lines[res.index] = _line(res.source, "rejected", reason=reason)
             self.rejected += 1
             return
@@ -148,7 +153,7 @@ def software_versions() -> dict[str, str]:
 
     out = {"python": sys.version.split()[0]}
     for pkg in ("radimagenet", "pydicom", "numpy", "pillow", "pylibjpeg", "pylibjpeg-openjpeg",
-                "pylibjpeg-rle", "pyjpegls", "webdataset", "ray"):
+                "pylibjpeg-rle", "pyjpegls", "webdataset", "ray", "rapidocr-onnxruntime", "onnxruntime"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -158,10 +163,11 @@ def software_versions() -> dict[str, str]:
 
 def build_manifest(cfg: IngestConfig, classes: list[str], records: list[ShardRecord],
                    lines: list[dict], fingerprint: dict, has_masks: bool, *,
-                   origin: dict[str, str | None] | None = None, dropped_fields: dict[str, int] | None = None,
+                   origin: dict[str, Any] | None = None, dropped_fields: dict[str, int] | None = None,
                    ) -> dict:
-    """The completion record of a dataset (see docs/design.md). ``origin``: the pseudonyms of SOURCE
-    and the labels file (never their paths); ``dropped_fields``: field -> samples whose value did not fit."""
+    """The completion record of a dataset (see docs/design.md). ``origin``: the pseudonyms of SOURCE,
+    the labels file and the split files (never their paths); ``dropped_fields``: field -> samples whose
+    value did not fit. ``split_unit``: ``image`` when some written sample was its own patient."""
     splits: dict[str, Any] = {}
     for split in SPLITS:
         recs = [r for r in records if r.split == split]
@@ -174,6 +180,8 @@ def build_manifest(cfg: IngestConfig, classes: list[str], records: list[ShardRec
         }
     status = collections.Counter(line["status"] for line in lines)
     reasons = collections.Counter(line["reason"].split(":")[0] for line in lines if line["status"] == "rejected")
+    sources = (m.get("patient_source", "") for r in records for m in r.members)
+    unit = "image" if cfg.split_unit == "image" else split_unit_of(sources)
     return {
         "format": FORMAT,
         "uri": cfg.out.rstrip("/"),
@@ -183,6 +191,7 @@ def build_manifest(cfg: IngestConfig, classes: list[str], records: list[ShardRec
         "channels": 1,
         "encoding": cfg.encoding,
         "has_masks": has_masks,
+        "split_unit": unit,
         "splits": splits,
         "counts": {
             "inputs": len(lines),
@@ -197,6 +206,7 @@ def build_manifest(cfg: IngestConfig, classes: list[str], records: list[ShardRec
         "ingest": {
             "source": (origin or {}).get("source"),
             "labels": (origin or {}).get("labels"),
+            "split_csv": (origin or {}).get("split_csv") or {},
             "image_size": cfg.image_size,
             "encoding": cfg.encoding,
             "split_fractions": list(cfg.split_fractions),
@@ -204,6 +214,7 @@ def build_manifest(cfg: IngestConfig, classes: list[str], records: list[ShardRec
             "multiframe": cfg.multiframe,
             "windows": {k: list(v) for k, v in cfg.windows.items()},
             "patient_from": cfg.patient_from,
+            "text_check": cfg.text_check,
             "secret_fingerprint": fingerprint["secret_fingerprint"],
             "inputs_sha256": fingerprint["inputs_sha256"],
         },
@@ -213,26 +224,35 @@ def build_manifest(cfg: IngestConfig, classes: list[str], records: list[ShardRec
 
 # --- the driver ------------------------------------------------------------------------------------
 
-def _record_sources(cfg: IngestConfig, rows: list[InputRow], secret: bytes, map_path: Path) -> dict[str, str | None]:
-    """Write the local pseudonym -> path map; return the pseudonyms of SOURCE and the labels file."""
+def _record_sources(cfg: IngestConfig, rows: list[InputRow], secret: bytes, map_path: Path) -> dict[str, Any]:
+    """Write the local pseudonym -> path map; return the pseudonyms of SOURCE, the labels file and the
+    split files."""
     root = str(Path(cfg.source).expanduser().resolve())
     labels = str(Path(cfg.labels).expanduser().resolve()) if cfg.labels else None
     items = [("input", r.source, r.path) for r in rows] + [("source", root, root)]
     if labels:
         items.append(("labels", labels, labels))
+    split_files = {s: str(Path(f).expanduser().resolve()) for s, f in cfg.split_csv.items()}
+    items += [("split_csv", f, f) for f in split_files.values()]
     record_sources(map_path, cfg.out.rstrip("/"), secret, items)
-    return {"source": source_pseudonym(secret, root), "labels": labels and source_pseudonym(secret, labels)}
+    return {"source": source_pseudonym(secret, root), "labels": labels and source_pseudonym(secret, labels),
+            "split_csv": {s: source_pseudonym(secret, f) for s, f in sorted(split_files.items())}}
 
 
 def ingest(cfg: IngestConfig, secret: bytes, progress: bool | None = None, source_map: Path | None = None) -> dict:
     """Run (or finish) an ingest and return its manifest. The map from the source pseudonyms of the
     report back to paths is written locally to ``source_map`` (default: ``deid.source_map_path``)."""
+    require_detector(cfg.text_check)  # --text-check without its extra stops here, before any work
     rows = read_inputs(cfg.source, cfg.labels)
+    files = read_split_files(cfg.split_csv, cfg.source, secret) if cfg.split_csv else None
+    if files is not None:
+        rows = assign_splits(rows, files)
+    check_patient_identity(rows, cfg.split_unit, cfg.patient_from, cfg.source)
     classes = class_list(rows)
     if not classes:
         where = "in the labels file (--labels)" if cfg.labels else "under SOURCE (no file is inside a label folder)"
         raise ConfigError(f"no usable labels {where}")
-    fingerprint = fingerprint_of(cfg, rows, classes, secret)
+    fingerprint = fingerprint_of(cfg, rows, classes, secret, files.digests if files else None)
     out = check_target(cfg)
     with lease.hold(lease.lease_uri(out), purpose="ingest", take_over=cfg.take_over) as held:
         done, dropped = preflight(cfg, fingerprint, held)
@@ -251,7 +271,7 @@ def _write(cfg: IngestConfig, rows: list[InputRow], classes: list[str], secret: 
         decode_cfg=decode.DecodeConfig(windows=dict(cfg.windows), multiframe=cfg.multiframe,
                                        max_megapixels=cfg.max_megapixels, allow_burned_in=cfg.allow_burned_in),
         image_size=cfg.image_size, encoding=cfg.encoding, secret=secret,
-        fractions=tuple(cfg.split_fractions), patient_from=cfg.patient_from,
+        fractions=tuple(cfg.split_fractions), patient_from=cfg.patient_from, text_check=cfg.text_check,
     )
     state = _State(first_of_key={}, split_of_patient={}, lines={})
     state.dropped.update((i, tuple(fields)) for i, fields in dropped.items())

@@ -6,8 +6,9 @@
 Order of work (each step fails with one clear line before anything is written):
 1. :func:`prepare_data`: config resolved, S3 buckets reachable, the manifest loaded, shards checked;
 2. :func:`tracked_run`: the MLflow run of ``tracking.run_name`` is found (tag ``radimagenet.run_name``)
-   or created; params, dataset input and the resolved config (YAML artifact) are logged here; the run
-   ends FINISHED, FAILED or KILLED with the work;
+   or created; params, dataset input (and :func:`dataset_tags`: the split unit, a warning for a dataset
+   split image by image) and the resolved config (YAML artifact) are logged here; the run ends
+   FINISHED, FAILED or KILLED with the work;
 3. :func:`launch`: ``worker_fn(config, ctx)`` on ``scaling.num_workers`` Ray Train workers
    (``TorchTrainer`` with ``RunConfig(storage_path, name=run_name)``: a re-run finds the run's
    checkpoints and resumes; failed workers restart from the latest checkpoint), or in this process.
@@ -17,12 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from radimagenet.config import flatten, to_dict
-from radimagenet.dataset.format import load_manifest
+from radimagenet.dataset.format import load_manifest, split_unit
+from radimagenet.dataset.inspect import split_unit_warnings
 from radimagenet.errors import ConfigError, RadImageNetError
 from radimagenet.io import storage, tracking
 
@@ -82,11 +85,21 @@ class Run:
     resumed: bool
 
 
+def dataset_tags(manifest: dict) -> dict[str, str]:
+    """Tags every run gets from its dataset: ``radimagenet.split_unit`` and, for a dataset split image by
+    image, the warning ``radimagenet.warning.split_unit`` (also printed)."""
+    tags = {"radimagenet.split_unit": split_unit(manifest)}
+    for warning in split_unit_warnings(manifest):
+        tags["radimagenet.warning.split_unit"] = warning
+        print(f"[radimagenet] warning: {warning}", file=sys.stderr, flush=True)
+    return tags
+
+
 @contextlib.contextmanager
 def tracked_run(cfg: Any, uri: str, manifest: dict, tags: dict[str, str], kind: str) -> Iterator[Run]:
     """Find or create the run of ``tracking.run_name``, log params, dataset and config, and end it with
     the status of the work done inside the ``with`` block."""
-    tags = dict(tags)
+    tags = dict(tags) | dataset_tags(manifest)
     if cfg.tracking.parent_run_id:
         tags["mlflow.parentRunId"] = cfg.tracking.parent_run_id
     run_id, resumed = tracking.start_or_resume_run(uri, cfg.tracking.experiment, cfg.tracking.run_name, tags=tags)

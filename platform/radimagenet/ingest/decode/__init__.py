@@ -10,7 +10,7 @@ DICOM pipeline (pydicom 3): one ``dcmread``, header sanity checks (before decodi
 megapixel limit ``too_large``, BurnedInAnnotation), the length check of native pixel data (pydicom
 silently reads many truncated files), decoding of ONE frame (multi-frame policy; a large native
 multi-frame file has only that frame's bytes read), then colour/palette -> luma, and the modality LUT (rescale) + VOI
-(file window, configured default, or percentile min-max) + MONOCHROME1 inversion folded into a
+(file VOI LUT or window, configured default, or percentile min-max) + MONOCHROME1 inversion folded into a
 single float32 multiply-add, clipped in place and cast to uint8. Native and RLE grey frames take
 fast paths equal to pydicom's decoders, JPEG-LS goes to CharLS (pyjpegls) first; everything else,
 and any fast-path failure, goes through pydicom's plugins.

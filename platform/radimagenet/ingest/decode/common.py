@@ -27,6 +27,8 @@ REJECT_REASONS: dict[str, str] = {
     "bad_mask": "a mask file that is not a 0/1, 0/255 or small-label image, or a SEG without segments",
     "too_large": "a frame (or mask) whose declared size exceeds the megapixel limit (--max-megapixels)",
     "burned_in_annotation": "BurnedInAnnotation is YES (text in the pixels) and --allow-burned-in is not set",
+    "burned_in_text": "the pixel text check (--text-check) found text regions in the image (burned-in "
+    "names, dates, IDs ...); the detail gives only their count and area, never the text",
     "outside_source": "a labels path or mask, or a link in the folder, that resolves outside SOURCE "
     "(absolute path, '..', a symlink out); never read",
     "bad_filename": "a file or folder name that is not valid UTF-8 (shown with its bytes escaped, \\xff)",
@@ -36,9 +38,11 @@ REJECT_REASONS: dict[str, str] = {
     "bad_row": "a labels row without a path, with extra cells or a NUL in its path",
     "missing_label": "a labels row without a label, or a file not inside a label folder",
     "bad_split": "a split column value that is not train, val or test",
-    "split_conflict": "the patient is already in another split than the labels file gives this row",
+    "split_conflict": "the patient is already in another split than the labels file or --split-csv gives this row",
+    "not_in_split_files": "--split-csv files were given and none of them lists this file",
     "mask_size_mismatch": "the mask's pixel grid differs from its image's",
-    "missing_patient_id": "no patient identity where --patient-from requires one",
+    "missing_patient_id": "no patient identity where --patient-from requires one (ways out: a patient_id "
+    "column, --split-csv files, or --split-unit image)",
 }
 
 _PIXEL_TAGS = {"PixelData": 0x7FE00010, "FloatPixelData": 0x7FE00008, "DoubleFloatPixelData": 0x7FE00009}
@@ -99,11 +103,13 @@ class DecodeConfig:
 
 @dataclass
 class Decoded:
-    """A decoded key image: uint8 HxW grey, non-identifying ``meta``, and the raw PatientID."""
+    """A decoded key image: uint8 HxW grey, non-identifying ``meta``, the raw PatientID, and the DICOM
+    SOP Class UID ("" for PNG/JPEG; it says which images get the pixel text check)."""
 
     image: np.ndarray
     meta: dict[str, Any]
     patient_id: str | None
+    sop_class: str = ""
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from radimagenet.ingest.decode.window import _check_not_blank, _colour_to_luma, 
 
 # Every tag decoding needs, read ONCE by number: a Dataset lookup by keyword costs ~4 us.
 _HEADER_TAGS: dict[str, int] = {
+    "SOPClassUID": 0x00080016,
     "Modality": 0x00080060,
     "PatientID": 0x00100020,
     "BodyPartExamined": 0x00180015,
@@ -142,7 +143,8 @@ def _pixel_keyword(ds: Any) -> str | None:
 
 
 _TEXT_TAGS = frozenset(
-    {"Modality", "BodyPartExamined", "PhotometricInterpretation", "VOILUTFunction", "BurnedInAnnotation"}
+    {"Modality", "BodyPartExamined", "PhotometricInterpretation", "VOILUTFunction", "BurnedInAnnotation",
+     "SOPClassUID"}
 )
 
 _NUMBER_STRING_TAGS = frozenset(
@@ -275,20 +277,22 @@ def _decode_dicom(ds: Any, cfg: DecodeConfig, tail: bytes | None = None) -> Deco
     _check_not_blank(image)
     meta = _dicom_meta(h, geo, tsyntax, modality, window)
     patient_id = str(h.get("PatientID", "") or "").strip() or None
-    return Decoded(image=image, meta=meta, patient_id=patient_id)
+    sop_class = str(h.get("SOPClassUID", "") or "")
+    return Decoded(image=image, meta=meta, patient_id=patient_id, sop_class=sop_class)
 
 
 _PER_FRAME_GROUPS = 0x52009230
-# Functional group macros (PS3.3 C.7.6.16.2) -> the header values they hold for their frame(s).
+# Functional group macros (PS3.3 C.7.6.16.2) -> the header values they hold for their frame(s); a
+# Frame VOI LUT item holds a window or, in the "Frame VOI LUT With LUT" macro, a VOI LUT Sequence.
 _FUNCTIONAL_GROUPS: dict[str, tuple[str, ...]] = {
     "PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept"),
-    "FrameVOILUTSequence": ("WindowCenter", "WindowWidth", "VOILUTFunction"),
+    "FrameVOILUTSequence": ("WindowCenter", "WindowWidth", "VOILUTFunction", "VOILUTSequence"),
     "PixelMeasuresSequence": ("PixelSpacing",),
 }
 
 
 def _frame_values(ds: Any, h: dict[str, Any], index: int | None) -> dict[str, Any]:
-    """``h`` with the rescale, window and spacing of the kept frame of an enhanced multi-frame image:
+    """``h`` with the rescale, VOI (window or LUT) and spacing of the kept frame of an enhanced image:
     the shared functional groups, then that frame's per-frame groups, over the top-level values.
     Files without functional groups (every classic image) return ``h`` unchanged, at no cost."""
     shared = h.get("SharedFunctionalGroupsSequence")
@@ -304,10 +308,11 @@ def _frame_values(ds: Any, h: dict[str, Any], index: int | None) -> dict[str, An
             items = group.get(sequence)
             if not items:
                 continue
-            for keyword in keywords:
-                value = items[0].get(keyword)
-                if value is not None and value != "":
-                    out[keyword] = value
+            found = {k: v for k in keywords if (v := items[0].get(k)) not in (None, "", [])}
+            if found and sequence == "FrameVOILUTSequence":  # a frame's VOI replaces the whole VOI
+                for keyword in keywords:
+                    out.pop(keyword, None)
+            out.update(found)
     return out
 
 

@@ -1,6 +1,13 @@
 """Pixel values -> uint8 grey: modality LUT (rescale), VOI (file window, configured default, full
 range or percentile min-max; LINEAR, LINEAR_EXACT, SIGMOID, VOI LUT), MONOCHROME1 inversion and
-colour/palette -> luma, folded into one float32 multiply-add where possible."""
+colour/palette -> luma, folded into one float32 multiply-add where possible.
+
+Precedence. Modality: a Modality LUT Sequence replaces Rescale Slope/Intercept (PS3.3 C.11.1 allows one
+or the other). VOI: a file's VOI LUT Sequence comes before its Window Center/Width when both are present
+(PS3.3 C.11.2 makes them alternative views and names no default; we follow pydicom's ``prefer_lut``:
+the LUT is the scanner's full, often non-linear, VOI and the window its linear summary), then the
+configured modality window, then the full stored range (display-ready 8-bit data), then the percentile
+min-max. An enhanced image's per-frame VOI (window or LUT) replaces the top-level one (dicom.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from radimagenet.ingest.decode.common import DecodeConfig, Rejected, _Geometry
+from radimagenet.ingest.decode.lut import apply_lut, read_lut
 
 _LUMA = (0.299, 0.587, 0.114)
 _PERCENTILES = (0.5, 99.5)
@@ -23,19 +31,27 @@ def _grey_to_uint8(
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise Rejected("non_finite", "the pixel data holds NaN or infinite values")
     slope, intercept = 1.0, 0.0
-    if h.get("ModalityLUTSequence"):
-        from pydicom.pixels import apply_modality_lut
-
-        arr = apply_modality_lut(arr, ds)
+    modality_lut = _lut_item(h, "ModalityLUTSequence")
+    if modality_lut is not None:  # it replaces the rescale (PS3.3 C.11.1: one or the other)
+        first, table = read_lut(modality_lut, little=_little(ds), signed_input=geo.signed, name="Modality LUT")
+        arr = apply_lut(arr, first, table)
     else:
         slope = _float_tag(h, "RescaleSlope", 1.0)
         intercept = _float_tag(h, "RescaleIntercept", 0.0)
-    if cfg.use_file_window and _has_voi_lut(h):
-        return _voi_lut_to_uint8(arr, ds, slope, intercept, invert)
+    voi_lut = _lut_item(h, "VOILUTSequence") if cfg.use_file_window else None
+    if voi_lut is not None:  # before Window Center/Width when both are present (module docstring)
+        signed = modality_lut is None and (geo.signed or intercept < 0 or slope < 0)
+        first, table = read_lut(voi_lut, little=_little(ds), signed_input=signed, name="VOI LUT")
+        return _voi_lut_to_uint8(arr, first, table, slope, intercept, invert)
     file_window = _file_window(h) if cfg.use_file_window else None
     plain_8bit = arr.dtype == np.uint8 and geo.bits_stored <= 8 and (slope, intercept) == (1.0, 0.0)
     fixed = (0.0, 255.0) if cfg.full_range_8bit and plain_8bit else None
     return _window_values(arr, slope, intercept, modality, file_window, fixed, invert, cfg)
+
+
+def _little(ds: Any) -> bool:
+    """Whether the dataset was read little endian (OW LUT Data is in the file's byte order)."""
+    return ds.original_encoding[1] is not False
 
 
 def _float_tag(h: dict[str, Any], keyword: str, default: float) -> float:
@@ -76,35 +92,28 @@ def _file_window(h: dict[str, Any]) -> tuple[float, float, str] | None:
     return center, width, function
 
 
-def _has_voi_lut(h: dict[str, Any]) -> bool:
-    """A usable VOI LUT Sequence (descriptor and data in the first item)."""
-    seq = h.get("VOILUTSequence")
-    if not seq:
-        return False
-    item = seq[0]
-    return item.get("LUTDescriptor") is not None and item.get("LUTData") is not None
+def _lut_item(h: dict[str, Any], keyword: str) -> Any | None:
+    """The first item of a Modality/VOI LUT Sequence; None when the sequence is absent or empty or the
+    item has no LUT Descriptor or no LUT Data (the rescale or window is used as if it were absent)."""
+    seq = h.get(keyword)
+    if not seq or seq[0].get("LUTDescriptor") is None or seq[0].get("LUTData") is None:
+        return None
+    return seq[0]
 
 
 def _voi_lut_to_uint8(
-    arr: np.ndarray, ds: Any, slope: float, intercept: float, invert: bool
+    arr: np.ndarray, first: int, table: np.ndarray, slope: float, intercept: float, invert: bool
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """The file's first VOI LUT, its output range mapped to 0..255 (rare; not the fast path)."""
-    from pydicom.pixels import apply_voi
-
-    values = arr if (slope, intercept) == (1.0, 0.0) else np.rint(arr * slope + intercept)
-    values = values.astype(np.int64, copy=False)
-    try:
-        descriptor = [int(v) for v in ds.VOILUTSequence[0].LUTDescriptor]
-        n_entries, first = descriptor[0] or 65536, descriptor[1]
-        table = apply_voi(np.arange(first, first + n_entries, dtype=np.int64), ds).astype(np.float32)
-        out = apply_voi(values, ds).astype(np.float32)
-    except Exception as exc:
-        raise Rejected("bad_header", f"VOI LUT Sequence cannot be applied: {type(exc).__name__}") from None
+    """The modality output mapped through the file's first VOI LUT, the table's lowest..highest entry
+    to 0..255: not 0..2^bits-1 of the LUT Descriptor, whose bit depth scanners often overstate (a
+    12-bit table declared 16-bit would come out nearly black). Rare; not the fast path."""
+    values = arr if (slope, intercept) == (1.0, 0.0) else arr * slope + intercept
+    out = apply_lut(values, first, table)
     lo, hi = float(table.min()), float(table.max())
     if hi <= lo:
         raise Rejected("blank", "the VOI LUT maps every value to one output")
     image = _affine_to_uint8(out, 255.0 / (hi - lo), -lo * 255.0 / (hi - lo), invert)
-    return image, {"center": first + n_entries / 2.0, "width": float(n_entries), "source": "file"}
+    return image, {"center": first + table.size / 2.0, "width": float(table.size), "source": "file"}
 
 
 def _window_values(
