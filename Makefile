@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/loader.py
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/train_loop.py
+	$(PY) benchmarks/bootstrap.py
 
 stack-up: $(STAMP)
 	$(VENV)/bin/radimagenet stack up

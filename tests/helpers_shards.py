@@ -21,6 +21,7 @@ from radimagenet.dataset.format import FORMAT, manifest_uri, shard_name
 from radimagenet.io import storage
 
 ImageFn = Callable[[str, int, int], np.ndarray]
+PatientFn = Callable[[str, int], str]
 
 
 def default_image(split: str, index: int, size: int) -> np.ndarray:
@@ -82,11 +83,13 @@ def write_test_dataset(
     shard_sizes: dict[str, list[int]] | None = None,
     num_classes: int = 4,
     image_fn: ImageFn = default_image,
+    patient_fn: PatientFn | None = None,
 ) -> dict:
     """Write ``<split>-NNNNNN.tar`` shards and ``manifest.json`` under ``prefix_uri``; return the manifest.
 
     ``shard_sizes`` overrides the even ``shard_samples`` split per split (e.g. ``{"train": [9, 1, 5]}``)
-    to make deliberately uneven shards. Sample ``i`` of a split gets label ``i % num_classes``.
+    to make deliberately uneven shards. Sample ``i`` of a split gets label ``i % num_classes`` and
+    patient ``patient_fn(split, i)`` (default ``p{i:05d}``).
     """
     prefix = str(storage.parse_uri(prefix_uri))
     classes = [f"CT/part{c}/finding{c}" for c in range(num_classes)]
@@ -105,7 +108,8 @@ def write_test_dataset(
                     image = image_fn(split, index, image_size)
                     key, label = sample_key(image), index % num_classes
                     meta = {"label": classes[label], "label_id": label, "split": split,
-                            "patient": f"p{index:05d}", "modality": ["CT", "MR"][index % 2],
+                            "patient": patient_fn(split, index) if patient_fn else f"p{index:05d}",
+                            "modality": ["CT", "MR"][index % 2],
                             "index": index}
                     _add(tar, f"{key}.{encoding}", encode_image(image, encoding))
                     _add(tar, f"{key}.cls", str(label).encode())

@@ -26,6 +26,8 @@ def test_figures_matplotlib(tmp_path) -> None:
     assert data.startswith(PNG) and (tmp_path / "roc.png").read_bytes() == data
     cm = ev.binary_report(y, s, 0.4, n_boot=10)["confusion_matrix"]
     assert fig.confusion_matrix_png(cm, ["neg", "pos"], tmp_path / "cm.png", normalise=True).startswith(PNG)
+    probs = np.stack([1 - ev.softmax(np.stack([s, -s], 1))[:, 0], ev.softmax(np.stack([s, -s], 1))[:, 0]], 1)
+    assert fig.reliability_diagram_png(probs, y, tmp_path / "rel.png").startswith(PNG)
 
 
 def test_figures_without_matplotlib(tmp_path, monkeypatch) -> None:
@@ -40,6 +42,7 @@ def test_figures_without_matplotlib(tmp_path, monkeypatch) -> None:
     y, s = _data(200, 4)
     assert fig.roc_curve_png(y, s, tmp_path / "roc.png", threshold=0.4).startswith(PNG)
     assert fig.confusion_matrix_png([[5, 1], [2, 7]], ["a", "b"], tmp_path / "cm.png").startswith(PNG)
+    assert fig.reliability_diagram_png([[0.9, 0.1], [0.3, 0.7]], [0, 0], tmp_path / "rel.png").startswith(PNG)
 
 
 def test_image_helpers() -> None:

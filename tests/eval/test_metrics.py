@@ -82,8 +82,9 @@ def test_binary_report_uses_given_threshold() -> None:
     y, s = _data(1000, 8)
     t = ev.choose_threshold(y_val, s_val)
     r = ev.binary_report(y, s, t, n_boot=200)
-    assert set(r) == {"test/auc", "test/auc_ci_low", "test/auc_ci_high", "test/accuracy", "test/sensitivity",
-                      "test/specificity", "test/threshold", "test/n_images", "test/n_positive", "confusion_matrix"}
+    assert set(r) == {"test/auc", "test/auc_ci_low", "test/auc_ci_high", "test/auc_image_ci_low",
+                      "test/auc_image_ci_high", "test/accuracy", "test/sensitivity", "test/specificity",
+                      "test/threshold", "test/n_patients", "test/n_images", "test/n_positive", "confusion_matrix"}
     assert r["test/auc"] == pytest.approx(roc_auc_score(y, s))
     assert r["test/auc_ci_low"] < r["test/auc"] < r["test/auc_ci_high"] and r["test/threshold"] == t
     tn, fp, fn, tp = sk_confusion_matrix(y, s >= t).ravel()

@@ -1,6 +1,5 @@
-"""Comparison statistics: t-test vs scipy (and the scipy-free fallback), DeLong vs its O(mn) definition."""
+"""Comparison statistics: t-test vs scipy, DeLong vs its O(mn) definition, the paired patient bootstrap."""
 
-import builtins
 import csv
 import math
 
@@ -10,6 +9,7 @@ from scipy import stats as sps
 from sklearn.metrics import roc_auc_score
 
 from radimagenet.errors import ConfigError
+from radimagenet.eval import metrics as ev
 from radimagenet.eval import stats as st
 
 
@@ -94,22 +94,6 @@ def test_paired_ttest_matches_scipy() -> None:
         st.paired_ttest([0.8, 0.9], [0.7])
 
 
-def test_t_distribution_without_scipy(monkeypatch) -> None:
-    cases = [(2.1, 3, 0.975), (-0.7, 9, 0.6), (5.0, 1, 0.9), (1.3, 40, 0.995)]
-    want = [(sps.t.sf(t, df), sps.t.ppf(q, df)) for t, df, q in cases]
-    real_import = builtins.__import__
-
-    def no_scipy(name, *args, **kwargs):
-        if name.startswith("scipy"):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_scipy)
-    for (t, df, q), (sf, ppf) in zip(cases, want, strict=True):
-        assert st.t_sf(t, df) == pytest.approx(sf, rel=1e-9)
-        assert st.t_ppf(q, df) == pytest.approx(ppf, rel=1e-8)
-
-
 def test_holm() -> None:
     assert st.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     out = st.holm([0.02, float("nan")])
@@ -136,6 +120,7 @@ def test_compare_table_markdown_csv(tmp_path) -> None:
     assert rad["delta"] == pytest.approx(np.mean(np.subtract(aucs["radimagenet"], aucs["imagenet"])))
     assert rad["p_ttest"] == pytest.approx(sps.ttest_rel(aucs["radimagenet"], aucs["imagenet"]).pvalue)
     assert len(rad["p_delong_per_seed"]) == 3 and 0 <= rad["p_delong"] <= 1
+    assert math.isnan(rad["p_bootstrap"]) and rad["p_bootstrap_per_seed"] == []  # no patients given
     assert rad["p_ttest_holm"] >= rad["p_ttest"]
     md = st.comparison_markdown(table)
     assert "| radimagenet | 3 |" in md and "Δ AUC vs imagenet" in md and "reference" in md
@@ -161,3 +146,47 @@ def test_compare_input_errors() -> None:
         st.compare(aucs, "imagenet", y_true=y, scores=swapped)
     with pytest.raises(ConfigError, match="both y_true and scores"):
         st.compare(aucs, "imagenet", scores=scores)
+
+
+def test_paired_patient_bootstrap() -> None:
+    y, a, b = _correlated(600, 1)
+    same = st.paired_patient_bootstrap(y, a, a, np.arange(y.size), n=300)
+    assert same["diff"] == 0 and same["se"] == 0 and same["p"] == 1.0
+    # one image per patient: the paired bootstrap's se agrees with DeLong's
+    one = st.paired_patient_bootstrap(y, a, b, np.arange(y.size), n=2000)
+    dl = st.delong_test(y, a, b)
+    assert one["diff"] == pytest.approx(dl["diff"]) and one["se"] == pytest.approx(dl["se"], rel=0.15)
+    assert one["ci_low"] < one["diff"] < one["ci_high"]
+    # the same images as 6 near-copies per patient: DeLong's se shrinks by about sqrt(6), the patients' does not
+    rng = np.random.default_rng(2)
+    patients = np.repeat(np.arange(y.size), 6)
+    y6 = y[patients]
+    a6, b6 = a[patients] + rng.normal(0, 0.01, y6.size), b[patients] + rng.normal(0, 0.01, y6.size)
+    clustered = st.paired_patient_bootstrap(y6, a6, b6, patients, n=2000)
+    assert clustered["se"] == pytest.approx(one["se"], rel=0.2)
+    assert st.delong_test(y6, a6, b6)["se"] < 0.6 * clustered["se"]
+    assert clustered["p"] > st.delong_test(y6, a6, b6)["p"]
+
+
+def test_compare_with_patients_binary_and_multiclass() -> None:
+    y, aucs, scores = _runs()
+    patients = np.repeat(np.arange(100), 3)
+    table = st.compare(aucs, "imagenet", y_true=y, scores=scores, patients=patients, n_boot=300)
+    rad = table[1]
+    assert 0 <= rad["p_bootstrap"] <= 1 and len(rad["p_bootstrap_per_seed"]) == 3
+    assert rad["p_bootstrap_holm"] >= rad["p_bootstrap"] and math.isnan(table[0]["p_bootstrap"])
+    md = st.comparison_markdown(table)
+    assert "p (patient bootstrap)" in md and "resamples patients" in md
+    pairs = st.pairwise(aucs, y_true=y, scores=scores, patients=patients, n_boot=300)
+    assert all(0 <= p["p_bootstrap"] <= 1 for p in pairs)
+    with pytest.raises(ConfigError, match="one patient per test image"):
+        st.compare(aucs, "imagenet", y_true=y, scores=scores, patients=patients[:10])
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, 300)
+    probs = {k: [rng.dirichlet([1, 1, 1], 300) + np.eye(3)[labels] * v for _ in range(2)]
+             for k, v in (("a", 0.2), ("b", 1.0))}
+    probs = {k: [p / p.sum(axis=1, keepdims=True) for p in runs] for k, runs in probs.items()}
+    macro = {k: [ev.macro_auc(p, labels) for p in runs] for k, runs in probs.items()}
+    table = st.compare(macro, "a", y_true=labels, scores=probs, patients=patients, n_boot=300)
+    assert table[1]["p_bootstrap"] < 0.01 and math.isnan(table[1]["p_delong"])  # DeLong: binary only

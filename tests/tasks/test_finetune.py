@@ -91,12 +91,36 @@ def test_classification_on_two_ray_workers_with_gradcam(data, tmp_path):
     assert tags["radimagenet.backbone_version"] == version and tags["radimagenet.backbone_name"] == name
     assert tags["radimagenet.backbone_ref"] == data["backbone"] and params["resolved_backbone"] == result.backbone
     assert tags["radimagenet.dataset_digest"].startswith("sha256:") and run.inputs.dataset_inputs
+    assert tags["radimagenet.split_unit"] == "patient" and "radimagenet.warning.split_unit" not in tags
     assert params["train.optimizer"] == "adam" and params["model.drop_rate"] == "0.5"
     files = artifacts(result.run_id)
     assert {"plots/roc.png", "plots/confusion_matrix.png", "predictions/test.csv", "config/finetune.yaml",
             "model/model.safetensors", "model/backbone.json"} <= set(files), files
-    assert len([f for f in files if "gradcam" in f]) == 4
+    assert len([f for f in files if "gradcam" in f]) == 4 and "plots/reliability.png" in files
+    check_statistics_from_predictions(result.run_id, m, run.data.metrics)
     print(f"\n[classification] {result.metrics}")
+
+
+def check_statistics_from_predictions(run_id: str, m: dict, logged: dict) -> None:
+    """Anyone can recompute the test statistics from predictions/test.csv: the logged patient-level CI is a
+    patient bootstrap of that file (same resamples and seed), the image-level one an image bootstrap."""
+    from radimagenet.eval import calibration, metrics
+    from radimagenet.io import tracking
+    from radimagenet.tasks.downstream import PREDICTIONS_FILE, read_predictions
+    from radimagenet.tasks.finetune_config import positive_index
+
+    pred = read_predictions(tracking.download_text(tracking.tracking_uri(), run_id, PREDICTIONS_FILE))
+    pos = positive_index(pred.classes)
+    y, s = pred.labels == pos, pred.probs[:, pos]
+    want = {"test/auc": metrics.auc_score(y, s), "test/n_images": len(pred.keys),
+            "test/n_patients": len(set(pred.patients.tolist())),
+            "test/ece": calibration.expected_calibration_error(pred.probs, pred.labels)}
+    _, want["test/auc_ci_low"], want["test/auc_ci_high"] = metrics.bootstrap_auc(y, s, 200, 0, patients=pred.patients)
+    _, want["test/auc_image_ci_low"], want["test/auc_image_ci_high"] = metrics.bootstrap_auc(y, s, 200, 0)
+    for key, value in want.items():
+        assert m[key] == pytest.approx(value, abs=1e-6) and logged[key] == pytest.approx(value, abs=1e-6), key
+    # the synthetic cohort has 2-6 images per patient: fewer patients than images
+    assert 0 < want["test/n_patients"] < want["test/n_images"] and logged["val/n_patients"] < logged["val/n_images"]
 
 
 def test_segmentation_unet_on_the_registered_encoder(data, tmp_path):
@@ -142,6 +166,7 @@ def test_compare_pretrained_backbone_against_scratch(data, tmp_path, capsys):
     for init in (pre, scratch):
         assert 0 <= pm[f"{init}/test/auc_mean"] <= 1
     assert 0 <= pm[f"{scratch}/p_delong"] <= 1 and 0 <= pm[f"{scratch}/p_ttest"] <= 1
+    assert 0 <= pm[f"{scratch}/p_bootstrap"] <= 1 and "p (patient bootstrap)" in out
     delta = pm[f"{pre}/test/auc_mean"] - pm[f"{scratch}/test/auc_mean"]
     print(f"\n[compare] pretrained {pm[f'{pre}/test/auc_mean']:.4f} ± {pm[f'{pre}/test/auc_sd']:.4f}, "
           f"scratch {pm[f'{scratch}/test/auc_mean']:.4f} ± {pm[f'{scratch}/test/auc_sd']:.4f}, "

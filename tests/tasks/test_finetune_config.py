@@ -12,7 +12,7 @@ from radimagenet.errors import ConfigError
 from radimagenet.models.factory import imagenet_weights_file
 from radimagenet.models.freeze import apply_freeze, set_train_mode
 from radimagenet.tasks.classify import macro_sensitivity_specificity
-from radimagenet.tasks.downstream import build_classifier, read_predictions, write_predictions
+from radimagenet.tasks.downstream import build_classifier, patients_of, read_predictions, write_predictions
 from radimagenet.tasks.finetune import build_task
 from radimagenet.tasks.finetune_config import (
     FinetuneConfig,
@@ -176,12 +176,23 @@ def test_macro_sensitivity_specificity():
 
 
 def test_predictions_round_trip(tmp_path):
-    out = Outputs(["a", "b"], {"label": np.array([0, 1]), "probs": np.array([[0.25, 0.75], [0.1, 0.9]])})
-    spec = TaskSpec("classification", "binary", ("x", "y"), 1)
+    out = Outputs(["a", "b", "c"], {"label": np.array([0, 1, 1]), "patient": np.array(["p1", "", "p1"]),
+                                    "probs": np.array([[0.25, 0.75], [0.1, 0.9], [1 / 3, 2 / 3]])})
+    spec = TaskSpec("classification", "binary", ("CT/liver/normal", "CT/liver/lesion, focal"), 1)
     path = tmp_path / "p.csv"
     write_predictions(out, spec, str(path))
-    keys, labels, probs = read_predictions(path.read_text())
-    assert keys == ["a", "b"] and labels.tolist() == [0, 1] and np.array_equal(probs, out.arrays["probs"])
+    head = path.read_text().splitlines()[0]
+    assert head == 'key,patient,label,p_CT/liver/normal,"p_CT/liver/lesion, focal"'
+    pred = read_predictions(path.read_text())
+    assert pred.keys == ["a", "b", "c"] and pred.labels.tolist() == [0, 1, 1]
+    assert pred.patients.tolist() == ["p1", "b", "p1"]  # no pseudonym: the image is its own patient
+    assert pred.classes == list(spec.classes) and np.array_equal(pred.probs, out.arrays["probs"])  # exact floats
+    patients, missing = patients_of(out)
+    assert patients.tolist() == ["p1", "b", "p1"] and missing == 1
+    with pytest.raises(ConfigError, match="key, patient, label"):
+        read_predictions("key,label_id,prob_0\na,0,0.5\n")
+    with pytest.raises(ConfigError, match="not among"):
+        read_predictions("key,patient,label,p_x\na,p1,y,0.5\n")
 
 
 def test_compare_initialisations():

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from radimagenet.data.loader import Batch
+from radimagenet.errors import ConfigError
 from radimagenet.models.record import make_record
 from radimagenet.train.config import CheckpointSection, ScalingSection, TrackingSection, TrainSection
 from radimagenet.train.context import local_context
@@ -36,6 +37,7 @@ class TinyTask:
     """A linear classifier on 8x8 grey images: the five things a task says, nothing else."""
 
     select_metric: str | None = "val/loss"
+    patience: int = 0
     name: str = "tiny"
     data: dict = field(default_factory=lambda: {"train": batches(6, 4, 0), "val": batches(2, 4, 1)})
     finished: list = field(default_factory=list)
@@ -46,6 +48,9 @@ class TinyTask:
 
     def loader(self, split, ctx, *, epoch=0, train=False):
         return list(self.data[split])
+
+    def data_metrics(self):
+        return {"train/n_images": 24.0}
 
     def train_mode(self, model):
         model.train()
@@ -92,6 +97,42 @@ def test_fit_trains_checkpoints_and_keeps_the_best_epoch(tmp_path):
     resumed = fit(again, Cfg(train_cfg(epochs=4)), {"c": 1}, MANIFEST, ctx)
     assert resumed["best_epoch"] >= final["best_epoch"] and resumed["val/best_loss"] <= final["val/best_loss"]
     assert (tmp_path / "ckpt" / "checkpoint_epoch-000003").is_dir()
+
+
+@dataclass
+class ScriptedTask(TinyTask):
+    """TinyTask whose validation reports ``scores[epoch]`` under the selection metric."""
+
+    scores: tuple = ()
+    calls: list = field(default_factory=list)
+
+    def metrics(self, split, out):
+        self.calls.append(split)
+        name = self.select_metric.split("/", 1)[1]
+        return {"val/loss": 1.0, f"val/{name}": float(self.scores[len(self.calls) - 1])}
+
+
+def test_early_stopping_after_patience_epochs_and_a_resume_does_not_train_on(tmp_path):
+    scores = (0.5, 0.4, 0.45, 0.6, 0.7, 0.1, 0.1)
+    task, cfg = ScriptedTask(scores=scores, patience=2), Cfg(train_cfg(epochs=7))
+    ctx = local_context(cfg, str(tmp_path / "ckpt"))
+    final = fit(task, cfg, {}, MANIFEST, ctx)
+    assert len(task.calls) == 4  # epochs 1-4: no better loss in epochs 3 and 4
+    assert final["best_epoch"] == 2 and final["val/best_loss"] == 0.4 and final["early_stop_epoch"] == 4
+    again = ScriptedTask(scores=scores, patience=2)
+    assert fit(again, cfg, {}, MANIFEST, ctx)["early_stop_epoch"] == 4 and again.calls == []
+
+
+def test_a_higher_is_better_monitor_keeps_its_highest_epoch(tmp_path):
+    task, cfg = ScriptedTask(select_metric="val/auc", scores=(0.6, 0.8, 0.7)), Cfg(train_cfg(epochs=3))
+    final = fit(task, cfg, {}, MANIFEST, local_context(cfg, str(tmp_path / "c")))
+    assert final["best_epoch"] == 2 and final["val/best_auc"] == 0.8 and "early_stop_epoch" not in final
+
+
+def test_a_monitor_the_task_does_not_report_is_a_clear_error(tmp_path):
+    task, cfg = TinyTask(select_metric="val/auc"), Cfg(train_cfg(epochs=1))
+    with pytest.raises(ConfigError, match=r"train.monitor=val/auc .* val/loss"):
+        fit(task, cfg, {}, MANIFEST, local_context(cfg, str(tmp_path / "c")))
 
 
 def test_no_selection_returns_the_last_epoch_and_gradient_accumulation_matches(tmp_path):

@@ -59,7 +59,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,7 +116,16 @@ def shuffled(items: Iterable[Any], bufsize: int, rng: random.Random) -> Iterator
     yield from buf
 
 
-def _train_stream(plan: WorkerPlan, bufsize: int, rng: random.Random, where: str) -> Iterator[dict[str, Any]]:
+def _read(url: str, keep: Mapping[str, frozenset[str]] | None) -> Iterator[dict[str, Any]]:
+    """A shard's samples; with ``keep``, only those whose key it lists for the shard."""
+    if keep is None:
+        return read_shard(url)
+    kept = keep.get(url, frozenset())
+    return (s for s in read_shard(url) if s["__key__"] in kept)
+
+
+def _train_stream(plan: WorkerPlan, bufsize: int, rng: random.Random, where: str,
+                  keep: Mapping[str, frozenset[str]] | None = None) -> Iterator[dict[str, Any]]:
     """The worker's shards shuffled through the buffer, then again in a fresh order, for as long as needed.
 
     The buffer is drained at the end of each pass, so a worker that holds enough samples for its
@@ -125,7 +134,7 @@ def _train_stream(plan: WorkerPlan, bufsize: int, rng: random.Random, where: str
     shards, cycle = list(plan.shards), 0
     while True:
         n = 0
-        for sample in shuffled((s for shard in shards for s in read_shard(shard.url)), bufsize, rng):
+        for sample in shuffled((s for shard in shards for s in _read(shard.url, keep)), bufsize, rng):
             n += 1
             yield sample
         if n == 0:
@@ -134,9 +143,9 @@ def _train_stream(plan: WorkerPlan, bufsize: int, rng: random.Random, where: str
         shards = random.Random(rng_seed(*plan.seed, cycle)).sample(shards, len(shards))
 
 
-def _eval_stream(plan: WorkerPlan) -> Iterator[dict[str, Any]]:
+def _eval_stream(plan: WorkerPlan, keep: Mapping[str, frozenset[str]] | None = None) -> Iterator[dict[str, Any]]:
     for shard in plan.shards:
-        yield from read_shard(shard.url)
+        yield from _read(shard.url, keep)
 
 
 @dataclass(frozen=True)
@@ -149,6 +158,7 @@ class BatchSpec:
     shuffle_buffer: int
     with_meta: bool
     with_masks: bool
+    keep: Mapping[str, frozenset[str]] | None = None  # shard URL -> the sample keys read (None: all)
 
 
 def worker_batches(spec: BatchSpec, worker: int) -> Iterator[Batch]:
@@ -157,10 +167,10 @@ def worker_batches(spec: BatchSpec, worker: int) -> Iterator[Batch]:
     if plan.batches is not None:  # train: shuffled, exactly plan.batches full batches
         quota = plan.batches * spec.plan.batch_size  # the buffer never reads ahead more than needed
         stream = _train_stream(plan, min(spec.shuffle_buffer, quota),
-                               random.Random(rng_seed(*plan.seed, 1_000_003)), f"worker {worker}")
+                               random.Random(rng_seed(*plan.seed, 1_000_003)), f"worker {worker}", spec.keep)
         stream = itertools.islice(stream, quota)
     else:
-        stream = _eval_stream(plan)
+        stream = _eval_stream(plan, spec.keep)
     aug_rng = random.Random(rng_seed(*plan.seed, 7))
     for chunk in _chunks(stream, spec.plan.batch_size):
         yield make_batch(spec, chunk, aug_rng)
@@ -254,11 +264,13 @@ def make_loader(
     image_size: int | None = None, channels: int = 3,
     mean: tuple[float, ...] = (0.5,), std: tuple[float, ...] = (0.25,),
     shuffle_buffer: int = 1000, with_meta: bool = False, with_masks: bool = False,
+    keep: Mapping[str, frozenset[str]] | None = None,
 ) -> Loader:
     """The batches ``rank`` reads from ``split`` in ``epoch`` (see the module doc for the policies).
 
     Yields :class:`Batch` es: ``images``, ``labels`` and ``keys`` always; ``masks`` with
-    ``with_masks``; ``meta`` (each sample's ``.json`` plus ``key``) with ``with_meta``.
+    ``with_masks``; ``meta`` (each sample's ``.json`` plus ``key``) with ``with_meta``. ``keep`` (shard
+    URL -> sample keys, e.g. :func:`radimagenet.data.subset.label_subset`) reads only those samples.
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
@@ -273,6 +285,8 @@ def make_loader(
         raise ConfigError(f"with_masks=True but the dataset at {manifest.get('uri')} has no masks")
     normalise = check_normalise(channels, mean, std)
     shards = split_shards(manifest, split)
+    if keep is not None:  # plan by the kept counts: quotas and len() follow the subset
+        shards = [dataclasses.replace(s, samples=len(keep[s.url])) for s in shards if keep.get(s.url)]
     if train:
         plan = plan_train(shards, batch_size=batch_size, rank=rank, world_size=world_size,
                           num_workers=num_workers, epoch=epoch, seed=seed, split=split)
@@ -280,6 +294,6 @@ def make_loader(
         plan = plan_eval(shards, batch_size=batch_size, rank=rank, world_size=world_size,
                          num_workers=num_workers)
     transform = Transform(size, train, manifest["encoding"], with_masks)
-    spec = BatchSpec(plan, transform, normalise, shuffle_buffer if train else 0, with_meta, with_masks)
+    spec = BatchSpec(plan, transform, normalise, shuffle_buffer if train else 0, with_meta, with_masks, keep)
     return Loader(spec, num_workers)
 

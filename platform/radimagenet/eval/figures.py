@@ -1,7 +1,9 @@
-"""Figures and image helpers: ROC curve, confusion matrix, segmentation overlays, PNG encoding.
+"""Figures and image helpers: ROC curve, confusion matrix, reliability diagram, segmentation overlays,
+PNG encoding.
 
     roc_curve_png(y_test, s_test, "roc.png", threshold=t)
     confusion_matrix_png(report["confusion_matrix"], ["neg", "pos"], "cm.png")
+    reliability_diagram_png(probs_test, y_test, "reliability.png")
     prediction_overlay_png(image, pred_mask, true_mask, "seg.png")
 
 Figures use matplotlib (Agg, no pyplot state) when it is installed and fall back to plain PIL drawing
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from radimagenet.errors import ConfigError
+from radimagenet.eval.calibration import N_BINS, expected_calibration_error, reliability_bins
 from radimagenet.eval.metrics import auc_score, roc_points
 
 PathLike = str | Path
@@ -191,6 +194,46 @@ def _cm_pil(m: np.ndarray, labels: list[list[str]], path: PathLike | None) -> by
                 [j * cell, i * cell, (j + 1) * cell - 1, (i + 1) * cell - 1], fill=(shade, shade, 255)
             )
             draw.text((j * cell + 6, i * cell + 18), labels[i][j], fill="black")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return _write(buf.getvalue(), path)
+
+
+def reliability_diagram_png(
+    probs: Any, labels: Any, path: PathLike | None = None, *, n_bins: int = N_BINS, title: str = "reliability"
+) -> bytes:
+    """PNG of the reliability diagram (accuracy against mean confidence per bin, the diagonal is perfect
+    calibration, bar width the share of samples) with the ECE (:mod:`radimagenet.eval.calibration`)."""
+    b = reliability_bins(probs, labels, n_bins)
+    ece = expected_calibration_error(probs, labels, n_bins)
+    full = b["count"] > 0
+    mids, share = (b["edges"][:-1] + b["edges"][1:]) / 2, b["count"] / b["count"].sum()
+    if not _have_matplotlib():
+        return _reliability_pil(b["confidence"][full], b["accuracy"][full], path)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4, 4))
+    ax = fig.subplots()
+    ax.bar(mids[full], b["accuracy"][full], width=1 / n_bins, edgecolor="black", alpha=0.7, label="accuracy")
+    ax.bar(mids, share, width=1 / n_bins, color="grey", alpha=0.4, label="share of samples")
+    ax.plot(b["confidence"][full], b["accuracy"][full], "o-", c="red", ms=3, label="mean confidence")
+    ax.plot([0, 1], [0, 1], ls="--", c="black", lw=1)
+    ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.01), title=f"{title} (ECE {ece:.3f})")
+    ax.legend(loc="upper left", fontsize="small")
+    return _figure_png(fig, path)
+
+
+def _reliability_pil(conf: np.ndarray, acc: np.ndarray, path: PathLike | None) -> bytes:
+    from PIL import Image, ImageDraw
+
+    size, pad = 320, 30
+    img = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([pad, pad, size - pad, size - pad], outline="black")
+    draw.line([(pad, size - pad), (size - pad, pad)], fill="grey")
+    for c, a in zip(conf, acc, strict=True):
+        x, y = pad + c * (size - 2 * pad), size - pad - a * (size - 2 * pad)
+        draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill="red")
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return _write(buf.getvalue(), path)

@@ -2,20 +2,24 @@
 
     aucs = {"imagenet": [0.81, 0.83, 0.80], "radimagenet": [0.84, 0.83, 0.85]}     # one per seed
     scores = {"imagenet": [s_seed0, s_seed1, s_seed2], "radimagenet": [...]}       # test scores per run
-    table = compare(aucs, reference="imagenet", y_true=y_test, scores=scores)
+    table = compare(aucs, reference="imagenet", y_true=y_test, scores=scores, patients=patient_of_each_image)
     print(comparison_markdown(table)); write_csv(table, "compare.csv")
 
-Two complementary tests, both paired (seed i of every initialisation shares split, order and test set):
+Complementary tests, all paired (seed i of every initialisation shares split, order and test set):
 
 * Paired t-test over seeds on the AUC differences: the training (seed) variability.
-* DeLong's test (DeLong et al. 1988, fast algorithm of Sun & Xu 2014) for two correlated AUCs on the
-  same test set: the test-set sampling variability, per seed. The seeds are combined conservatively:
-  z = mean(ΔAUC_i) / mean(SE_i). Since sd(mean of X_i) <= mean(sd(X_i)) for any correlation between
-  the X_i, this never overstates significance (Stouffer's sum of z's would, the seeds sharing one test set).
+* The paired patient-level bootstrap of ΔAUC on the test set (with ``patients``): both models scored
+  on the same resamples of whole patients, so the test-set sampling variability counts patients, not
+  images (a patient's images are alike: resampling them as if independent makes intervals too
+  narrow). Binary AUC or macro one-vs-rest AUC alike.
+* DeLong's test (DeLong et al. 1988, fast algorithm of Sun & Xu 2014) for two correlated binary AUCs
+  on the same test set: image-level, exact when every patient has one image.
 
-With several initialisations the vs-reference p-values are Holm-adjusted (``*_holm`` keys).
-scipy's t distribution is used when installed; otherwise an exact pure-Python one (regularised
-incomplete beta) gives the same numbers.
+The per-seed test-set tests are combined conservatively: z = mean(ΔAUC_i) / mean(SE_i). Since
+sd(mean of X_i) <= mean(sd(X_i)) for any correlation between the X_i, this never overstates
+significance (Stouffer's sum of z's would, the seeds sharing one test set). With several
+initialisations the vs-reference p-values are Holm-adjusted (``*_holm`` keys). The t and normal
+distributions are :mod:`radimagenet.eval.distributions`.
 """
 
 from __future__ import annotations
@@ -29,73 +33,8 @@ from typing import Any
 import numpy as np
 
 from radimagenet.errors import ConfigError
-
-# --------------------------------------------------------------------------- t and normal distributions
-
-
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz, Numerical Recipes 6.4)."""
-    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 300):
-        m2 = 2 * m
-        for num in (
-            m * (b - m) * x / ((qam + m2) * (a + m2)),
-            -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2)),
-        ):
-            d = 1.0 + num * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + num / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return h
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularised incomplete beta I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
-
-
-def t_sf(t: float, df: float) -> float:
-    """P(T > t) for Student's t with ``df`` degrees of freedom."""
-    try:
-        from scipy.stats import t as student_t
-    except ImportError:
-        tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
-        return tail if t >= 0 else 1.0 - tail
-    return float(student_t.sf(t, df))
-
-
-def t_ppf(q: float, df: float) -> float:
-    """Quantile of Student's t (inverse CDF), by scipy or by bisection on ``t_sf``."""
-    if not 0.0 < q < 1.0:
-        raise ConfigError(f"quantile must be in (0, 1), got {q}")
-    try:
-        from scipy.stats import t as student_t
-    except ImportError:
-        lo, hi = -1e3, 1e3
-        for _ in range(200):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if 1.0 - t_sf(mid, df) < q else (lo, mid)
-        return (lo + hi) / 2
-    return float(student_t.ppf(q, df))
-
-
-def normal_two_sided_p(z: float) -> float:
-    """Two-sided p-value of a standard normal statistic."""
-    return math.erfc(abs(z) / math.sqrt(2.0))
-
+from radimagenet.eval.distributions import normal_two_sided_p, t_ppf, t_sf
+from radimagenet.eval.metrics import auc_resamples, auc_score, macro_auc
 
 # ------------------------------------------------------------------------------------------ summaries
 
@@ -193,31 +132,57 @@ def delong_test(y_true: Any, scores_a: Any, scores_b: Any) -> dict[str, float]:
     """
     aucs, cov = delong_covariance(y_true, np.vstack([np.ravel(scores_a), np.ravel(scores_b)]))
     diff = float(aucs[0] - aucs[1])
-    var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
-    se = math.sqrt(max(var, 0.0))
+    se = math.sqrt(max(float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]), 0.0))
+    return {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "diff": diff, "se": se, **_z_test(diff, se)}
+
+
+def _z_test(diff: float, se: float) -> dict[str, float]:
+    """``z`` = diff / se and its two-sided normal ``p``; a zero se gives p = 1 for equal AUCs, else 0."""
     if se < 1e-12:
         z, p = (0.0, 1.0) if abs(diff) < 1e-12 else (math.copysign(math.inf, diff), 0.0)
-    else:
-        z = diff / se
-        p = normal_two_sided_p(z)
-    return {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "diff": diff, "se": se, "z": z, "p": p}
+        return {"z": z, "p": p}
+    return {"z": diff / se, "p": normal_two_sided_p(diff / se)}
 
 
-def delong_across_seeds(y_true: Any, scores_a: Sequence[Any], scores_b: Sequence[Any]) -> dict[str, Any]:
-    """DeLong per seed pair and the conservative combination z = mean(diff_i) / mean(se_i) (module docstring)."""
+def paired_patient_bootstrap(y_true: Any, scores_a: Any, scores_b: Any, patients: Any, *, n: int = 2000,
+                             seed: int = 0) -> dict[str, float]:
+    """AUC(a) = AUC(b) on one test set, resampling whole patients (the same resamples for both models).
+
+    ``scores`` are [N] (binary, labels 0/1) or [N, K] (macro one-vs-rest AUC, integer labels);
+    ``patients`` one pseudonym per image. Returns ``diff`` (a - b), ``se`` (the sd of the resampled
+    differences), their 95% percentile ``ci_low``/``ci_high``, ``z`` = diff / se and the two-sided ``p``.
+    """
+    boot = [auc_resamples(y_true, s, n, seed, patients=patients) for s in (scores_a, scores_b)]
+    d = boot[0] - boot[1]
+    d = d[np.isfinite(d)]
+    diff = _auc(y_true, scores_a) - _auc(y_true, scores_b)
+    se = float(d.std(ddof=1)) if d.size > 1 else math.nan
+    lo, hi = np.percentile(d, [2.5, 97.5]) if d.size else (math.nan, math.nan)
+    return {"diff": diff, "se": se, "ci_low": float(lo), "ci_high": float(hi), **_z_test(diff, se)}
+
+
+def _auc(y_true: Any, scores: Any) -> float:
+    """Binary AUC of scores [N], or the macro one-vs-rest AUC of scores [N, K]."""
+    return macro_auc(scores, y_true) if np.ndim(scores) == 2 else auc_score(y_true, scores)
+
+
+def across_seeds(test: Any, y_true: Any, scores_a: Sequence[Any], scores_b: Sequence[Any],
+                 **kw: Any) -> dict[str, Any]:
+    """``test`` (:func:`delong_test` or :func:`paired_patient_bootstrap`) per seed pair and the conservative
+    combination z = mean(diff_i) / mean(se_i) (module docstring)."""
     if len(scores_a) != len(scores_b) or not scores_a:
         raise ConfigError(
             f"need the same number (>0) of runs per initialisation, got {len(scores_a)}, {len(scores_b)}"
         )
-    per_seed = [delong_test(y_true, a, b) for a, b in zip(scores_a, scores_b, strict=True)]
+    per_seed = [test(y_true, a, b, **kw) for a, b in zip(scores_a, scores_b, strict=True)]
     diff = float(np.mean([r["diff"] for r in per_seed]))
     se = float(np.mean([r["se"] for r in per_seed]))
-    if se < 1e-12:
-        z, p = (0.0, 1.0) if abs(diff) < 1e-12 else (math.copysign(math.inf, diff), 0.0)
-    else:
-        z = diff / se
-        p = normal_two_sided_p(z)
-    return {"diff": diff, "se": se, "z": z, "p": p, "p_per_seed": [r["p"] for r in per_seed]}
+    return {"diff": diff, "se": se, **_z_test(diff, se), "p_per_seed": [r["p"] for r in per_seed]}
+
+
+def delong_across_seeds(y_true: Any, scores_a: Sequence[Any], scores_b: Sequence[Any]) -> dict[str, Any]:
+    """DeLong per seed pair, combined across seeds (:func:`across_seeds`)."""
+    return across_seeds(delong_test, y_true, scores_a, scores_b)
 
 
 # ------------------------------------------------------------------------------------------ the table
@@ -243,8 +208,8 @@ def _check_scores_match(
     for name, runs in scores.items():
         if len(runs) != len(aucs[name]):
             raise ConfigError(f"{name}: {len(aucs[name])} AUCs but {len(runs)} score vectors")
-        got = delong_covariance(y, np.vstack([np.ravel(r) for r in runs]))[0]
-        for i, (want, have) in enumerate(zip(aucs[name], got, strict=True)):
+        for i, (want, run) in enumerate(zip(aucs[name], runs, strict=True)):
+            have = _auc(y, run)
             if abs(want - have) > 1e-4:
                 raise ConfigError(
                     f"{name} seed {i}: AUC {want:.4f} but its scores give {have:.4f} on y_true: "
@@ -258,19 +223,24 @@ def _tests(
     y_true: Any,
     scores_a: Sequence[Any] | None,
     scores_b: Sequence[Any] | None,
+    patients: Any = None,
+    n_boot: int = 2000,
 ) -> dict[str, Any]:
-    """Paired t-test columns, plus DeLong columns when both runs' scores are given (NaN otherwise)."""
+    """Paired t-test columns; with both runs' scores the patient bootstrap columns (given ``patients``)
+    and the DeLong columns (binary scores), NaN otherwise."""
     tt = paired_ttest(a, b)
-    dl = (
-        delong_across_seeds(y_true, scores_a, scores_b)
-        if scores_a is not None and scores_b is not None
-        else None
-    )
+    both = scores_a is not None and scores_b is not None
+    dl = delong_across_seeds(y_true, scores_a, scores_b) if both and np.ndim(scores_a[0]) == 1 else None
+    bs = (across_seeds(paired_patient_bootstrap, y_true, scores_a, scores_b, patients=patients, n=n_boot)
+          if both and patients is not None else None)
     return {
         "delta": tt["diff"],
         "delta_ci_low": tt["ci_low"],
         "delta_ci_high": tt["ci_high"],
         "p_ttest": tt["p"],
+        "p_bootstrap": bs["p"] if bs else math.nan,
+        "bootstrap_z": bs["z"] if bs else math.nan,
+        "p_bootstrap_per_seed": bs["p_per_seed"] if bs else [],
         "p_delong": dl["p"] if dl else math.nan,
         "delong_z": dl["z"] if dl else math.nan,
         "p_delong_per_seed": dl["p_per_seed"] if dl else [],
@@ -278,16 +248,19 @@ def _tests(
 
 
 def _with_holm(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Add ``p_ttest_holm`` and ``p_delong_holm`` over the rows' tests."""
-    for key in ("p_ttest", "p_delong"):
+    """Add ``p_ttest_holm``, ``p_bootstrap_holm`` and ``p_delong_holm`` over the rows' tests."""
+    for key in ("p_ttest", "p_bootstrap", "p_delong"):
         for row, adj in zip(rows, holm([r[key] for r in rows]), strict=True):
             row[f"{key}_holm"] = adj
     return rows
 
 
-def _check_inputs(aucs: Mapping[str, Sequence[float]], y_true: Any, scores: Mapping[str, Any] | None) -> None:
+def _check_inputs(aucs: Mapping[str, Sequence[float]], y_true: Any, scores: Mapping[str, Any] | None,
+                  patients: Any = None) -> None:
     if (y_true is None) != (scores is None):
-        raise ConfigError("DeLong needs both y_true and scores (or neither)")
+        raise ConfigError("the test-set tests need both y_true and scores (or neither)")
+    if patients is not None and (y_true is None or np.size(patients) != np.size(y_true)):
+        raise ConfigError("patients need y_true and scores, one patient per test image")
     lengths = {name: len(v) for name, v in aucs.items()}
     if len(set(lengths.values())) > 1:
         raise ConfigError(f"every initialisation needs the same seeds (paired), got runs per init {lengths}")
@@ -303,18 +276,23 @@ def compare(
     *,
     y_true: Any = None,
     scores: Mapping[str, Sequence[Any]] | None = None,
+    patients: Any = None,
+    n_boot: int = 2000,
 ) -> list[dict[str, Any]]:
     """One row per initialisation (reference first): AUC summary over seeds and tests against ``reference``.
 
     ``aucs[name][i]`` is the test AUC of seed i (paired across names). With ``y_true`` and
-    ``scores[name][i]`` (that run's per-sample test scores, same test set and order) the DeLong columns
-    are filled. Keys: init, n_seeds, auc_mean, auc_sd, auc_min, auc_max, auc_ci_low, auc_ci_high,
-    delta, delta_ci_low, delta_ci_high, p_ttest, p_delong, delong_z, p_delong_per_seed, and the Holm
-    adjusted p_ttest_holm, p_delong_holm (NaN/empty for the reference row, whose delta is 0).
+    ``scores[name][i]`` (that run's per-sample test scores [N], or probabilities [N, K] for a macro
+    AUC; same test set and order) the DeLong columns are filled (binary), and with ``patients`` (one
+    pseudonym per test image) the paired patient bootstrap columns (``n_boot`` resamples). Keys: init,
+    n_seeds, auc_mean, auc_sd, auc_min, auc_max, auc_ci_low, auc_ci_high, delta, delta_ci_low,
+    delta_ci_high, p_ttest, p_bootstrap, bootstrap_z, p_bootstrap_per_seed, p_delong, delong_z,
+    p_delong_per_seed, and the Holm adjusted p_ttest_holm, p_bootstrap_holm, p_delong_holm (NaN/empty
+    for the reference row, whose delta is 0).
     """
     if reference not in aucs:
         raise ConfigError(f"reference {reference!r} is not one of {sorted(aucs)}")
-    _check_inputs(aucs, y_true, scores)
+    _check_inputs(aucs, y_true, scores, patients)
     rows = []
     for name in [reference] + [k for k in aucs if k != reference]:
         s = summarise(aucs[name])
@@ -322,10 +300,11 @@ def compare(
         row |= {"auc_ci_low": s["ci_low"], "auc_ci_high": s["ci_high"]}
         if name == reference:
             row |= {"delta": 0.0, "delta_ci_low": math.nan, "delta_ci_high": math.nan, "p_ttest": math.nan}
+            row |= {"p_bootstrap": math.nan, "bootstrap_z": math.nan, "p_bootstrap_per_seed": []}
             row |= {"p_delong": math.nan, "delong_z": math.nan, "p_delong_per_seed": []}
         else:
             sa, sb = (scores[name], scores[reference]) if scores is not None else (None, None)
-            row |= _tests(aucs[name], aucs[reference], y_true, sa, sb)
+            row |= _tests(aucs[name], aucs[reference], y_true, sa, sb, patients, n_boot)
         rows.append(row)
     return _with_holm(rows)
 
@@ -335,15 +314,17 @@ def pairwise(
     *,
     y_true: Any = None,
     scores: Mapping[str, Sequence[Any]] | None = None,
+    patients: Any = None,
+    n_boot: int = 2000,
 ) -> list[dict[str, Any]]:
-    """Paired t-test (and DeLong when scores are given) for every pair of initialisations, a minus b, Holm-adjusted."""
-    _check_inputs(aucs, y_true, scores)
+    """The tests of :func:`compare` for every pair of initialisations, a minus b, Holm-adjusted."""
+    _check_inputs(aucs, y_true, scores, patients)
     names = list(aucs)
     rows = []
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             sa, sb = (scores[a], scores[b]) if scores is not None else (None, None)
-            rows.append({"a": a, "b": b} | _tests(aucs[a], aucs[b], y_true, sa, sb))
+            rows.append({"a": a, "b": b} | _tests(aucs[a], aucs[b], y_true, sa, sb, patients, n_boot))
     return _with_holm(rows)
 
 
@@ -365,8 +346,8 @@ def comparison_markdown(table: Sequence[Mapping[str, Any]], digits: int = 3) -> 
     ref = table[0]["init"]
     lines = [
         f"| Initialisation | Seeds | AUC mean ± sd (95% CI) | Min–max | Δ AUC vs {ref} (95% CI) "
-        "| p (paired t) | p (DeLong) |",
-        "|---|---:|---|---|---|---:|---:|",
+        "| p (paired t) | p (patient bootstrap) | p (DeLong) |",
+        "|---|---:|---|---|---|---:|---:|---:|",
     ]
     for r in table:
         auc = f"{num(r['auc_mean'])} ± {num(r['auc_sd'])} ({num(r['auc_ci_low'])}–{num(r['auc_ci_high'])})"
@@ -376,11 +357,16 @@ def comparison_markdown(table: Sequence[Mapping[str, Any]], digits: int = 3) -> 
             delta = f"{r['delta']:+.{digits}f} ({num(r['delta_ci_low'])} to {num(r['delta_ci_high'])})"
         lines.append(
             f"| {r['init']} | {r['n_seeds']} | {auc} | {num(r['auc_min'])}–{num(r['auc_max'])} "
-            f"| {delta} | {_fmt_p(r['p_ttest'])} | {_fmt_p(r['p_delong'])} |"
+            f"| {delta} | {_fmt_p(r['p_ttest'])} | {_fmt_p(r.get('p_bootstrap', math.nan))} "
+            f"| {_fmt_p(r['p_delong'])} |"
         )
+    if any(math.isfinite(r.get("p_bootstrap", math.nan)) for r in table):
+        lines.append("\nThe patient bootstrap resamples patients; DeLong resamples images as if independent, "
+                     "too optimistic when a patient has several images.")
     if len(table) > 2:
         lines.append(
-            "\np-values unadjusted; Holm-adjusted values are in the CSV (p_ttest_holm, p_delong_holm)."
+            "\np-values unadjusted; Holm-adjusted values are in the CSV (p_ttest_holm, p_bootstrap_holm, "
+            "p_delong_holm)."
         )
     return "\n".join(lines) + "\n"
 

@@ -1,11 +1,13 @@
 """Downstream classification: the RadImageNet head (global average pooling, dropout, softmax) on a
 backbone, cross-entropy, the epoch with the lowest validation loss kept; after training, the test
-report: AUC with a bootstrap 95% CI, the operating point chosen on validation (binary), accuracy,
-sensitivity/specificity, ROC and confusion-matrix figures, Grad-CAM overlays and localisation scores."""
+report: AUC with patient- and image-level bootstrap 95% CIs, the operating point chosen on validation
+(binary), accuracy, sensitivity/specificity, calibration (ECE), ROC, confusion-matrix and reliability
+figures, Grad-CAM overlays and localisation scores."""
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +20,7 @@ from radimagenet.tasks.finetune_config import FinetuneConfig, TaskSpec
 @dataclass
 class ClassifyTask(downstream.DownstreamTask):
     name: str = "classification"
+    _class_weight: Any = None  # train.class_weights=balanced: computed on first use
 
     def build_model(self) -> tuple[Any, Any]:
         from radimagenet.models.freeze import apply_freeze
@@ -27,9 +30,16 @@ class ClassifyTask(downstream.DownstreamTask):
         return model, self.record
 
     def loss(self, outputs: Any, batch: Any) -> Any:
+        import torch
         import torch.nn.functional as F
 
-        return F.cross_entropy(outputs.float(), batch.labels.to(outputs.device, non_blocking=True),
+        weight = None
+        if self.cfg.train.class_weights == "balanced":  # n / (k * n_c) over the training images; 0 for absent classes
+            if self._class_weight is None:
+                counts = torch.tensor(self.train_class_counts(), dtype=torch.float32)
+                self._class_weight = torch.where(counts > 0, counts.sum() / (len(counts) * counts.clamp(min=1)), 0.0)
+            weight = self._class_weight.to(outputs.device)
+        return F.cross_entropy(outputs.float(), batch.labels.to(outputs.device, non_blocking=True), weight=weight,
                                label_smoothing=self.cfg.train.label_smoothing)
 
     def outputs(self, outputs: Any, batch: Any) -> dict[str, np.ndarray]:
@@ -37,8 +47,10 @@ class ClassifyTask(downstream.DownstreamTask):
         import torch.nn.functional as F
 
         logits = outputs.float().cpu()
+        meta = batch.meta or [{}] * len(batch.keys)  # evaluation batches carry each sample's .json
         return {"probs": torch.softmax(logits, 1).numpy(), "label": batch.labels.numpy(),
-                "loss": F.cross_entropy(logits, batch.labels, reduction="none").numpy()}
+                "loss": F.cross_entropy(logits, batch.labels, reduction="none").numpy(),
+                "patient": np.asarray([str(m.get("patient") or "") for m in meta], dtype=str)}
 
     def metrics(self, split: str, out: Any) -> dict[str, float]:
         from radimagenet.eval.metrics import macro_auc
@@ -47,6 +59,7 @@ class ClassifyTask(downstream.DownstreamTask):
         metrics = {f"{split}/loss": float(out.arrays["loss"].mean()) if n else float("nan"),
                    f"{split}/n_images": float(n)}
         if n:
+            metrics[f"{split}/n_patients"] = float(np.unique(downstream.patients_of(out)[0]).size)
             probs, labels = out.arrays["probs"], out.arrays["label"].astype(np.int64)
             metrics |= {f"{split}/accuracy": float((probs.argmax(1) == labels).mean()),
                         f"{split}/auc": macro_auc(probs, labels)}
@@ -71,23 +84,30 @@ class ClassifyTask(downstream.DownstreamTask):
 
 
 def report(val: Any, test: Any, spec: TaskSpec, cfg: FinetuneConfig, out_dir: str | None) -> dict[str, float]:
-    """Binary: AUC + bootstrap CI and the operating point chosen on validation; multiclass: macro AUC,
-    balanced accuracy and macro sensitivity/specificity. Figures go to ``out_dir`` when given."""
+    """Binary: AUC + bootstrap CIs (patient- and image-level) and the operating point chosen on validation;
+    multiclass: macro AUC, balanced accuracy and macro sensitivity/specificity; both: the ECE. Figures go
+    to ``out_dir`` when given. Test images without a patient pseudonym count as their own patients (warned)."""
     from radimagenet.eval import figures, metrics
 
     val_p, val_y = val.arrays["probs"], val.arrays["label"]
     test_p, test_y = test.arrays["probs"], test.arrays["label"]
+    patients, missing = downstream.patients_of(test)
+    if missing and out_dir:
+        print(f"[radimagenet] warning: {missing} of {len(test)} test images have no patient pseudonym in their "
+              "metadata: each counts as its own patient, so the patient-level CI is image-level for them",
+              file=sys.stderr, flush=True)
     if spec.mode == "binary":
         pos = spec.positive
         threshold = metrics.choose_threshold(val_y == pos, val_p[:, pos], cfg.eval.threshold_rule)
-        result = metrics.binary_report(test_y == pos, test_p[:, pos], threshold, n_boot=cfg.eval.n_boot,
-                                       seed=cfg.train.seed)
+        result = metrics.binary_report(test_y == pos, test_p[:, pos], threshold, patients=patients,
+                                       n_boot=cfg.eval.n_boot, seed=cfg.train.seed)
         names = [f"not {spec.classes[pos]}", spec.classes[pos]]
         if out_dir:
             figures.roc_curve_png(test_y == pos, test_p[:, pos], os.path.join(out_dir, "plots", "roc.png"),
                                   threshold=threshold, title=f"test ROC ({spec.classes[pos]} vs rest)")
     else:
-        result = metrics.multiclass_report(test_y, test_p, n_boot=cfg.eval.n_boot, seed=cfg.train.seed)
+        result = metrics.multiclass_report(test_y, test_p, patients=patients, n_boot=cfg.eval.n_boot,
+                                           seed=cfg.train.seed)
         result |= macro_sensitivity_specificity(np.asarray(result["confusion_matrix"]))
         names = list(spec.classes)
         if out_dir:
@@ -97,6 +117,8 @@ def report(val: Any, test: Any, spec: TaskSpec, cfg: FinetuneConfig, out_dir: st
     if out_dir:
         figures.confusion_matrix_png(result["confusion_matrix"], names,
                                      os.path.join(out_dir, "plots", "confusion_matrix.png"))
+        figures.reliability_diagram_png(test_p, test_y, os.path.join(out_dir, "plots", "reliability.png"),
+                                        title="test reliability")
     return metrics.scalar_metrics(result)
 
 

@@ -6,11 +6,13 @@
 
 Every (initialisation, seed) is one fine-tuning run (:func:`radimagenet.tasks.finetune.finetune`) nested under
 one parent MLflow run. Seed ``i`` of every initialisation shares the data order and the test set, so the
-tests are paired: a paired t-test over seeds on the test AUCs (training variability) and, for binary
-tasks, DeLong's test on the per-sample test scores of each seed pair (test-set variability), combined
-conservatively across seeds (see :mod:`radimagenet.eval.stats`). The parent run holds the table as Markdown
-and CSV (``compare/table.md``, ``compare/table.csv``, ``compare/pairwise.csv``, ``compare/runs.csv``)
-and ``<init>/test/auc_mean``, ``/test/auc_sd``, ``/test/auc_delta``, ``/p_ttest``, ``/p_delong`` metrics.
+tests are paired: a paired t-test over seeds on the test AUCs (training variability) and, on the
+per-sample test predictions of each seed pair (test-set variability), a paired patient-level bootstrap
+(patients resampled, so a patient's several images count once) and, for binary tasks, DeLong's test
+(image-level), each combined conservatively across seeds (see :mod:`radimagenet.eval.stats`). The parent
+run holds the table as Markdown and CSV (``compare/table.md``, ``compare/table.csv``,
+``compare/pairwise.csv``, ``compare/runs.csv``) and ``<init>/test/auc_mean``, ``/test/auc_sd``,
+``/test/auc_delta``, ``/p_ttest``, ``/p_bootstrap``, ``/p_delong`` metrics.
 """
 
 from __future__ import annotations
@@ -121,39 +123,43 @@ def _run_child(cfg: Any, init: str, parent: str, uri: str, in_process: bool) -> 
 
     cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, parent_run_id=parent))
     res = ft.finetune(cfg, in_process=in_process)
-    keys, labels, probs = read_predictions(tracking.download_text(uri, res.run_id, PREDICTIONS_FILE))
+    pred = read_predictions(tracking.download_text(uri, res.run_id, PREDICTIONS_FILE))
     return {"init": init, "seed": cfg.train.seed, "run_id": res.run_id, "run_name": res.run_name,
             "backbone": res.backbone, "test_auc": float(res.metrics.get("test/auc", math.nan)),
-            "metrics": res.metrics, "keys": keys, "labels": labels, "probs": probs}
+            "metrics": res.metrics, "keys": pred.keys, "patients": pred.patients, "labels": pred.labels,
+            "probs": pred.probs, "n_boot": cfg.eval.n_boot}
 
 
 def _tabulate(runs: list[dict], inits: list[str], reference: str, parent: str, run_name: str) -> CompareResult:
-    """Summary rows vs the reference and all pairwise tests (DeLong when the task is binary)."""
+    """Summary rows vs the reference and all pairwise tests (patient bootstrap; DeLong when binary)."""
     from radimagenet.eval import stats
 
     aucs = {init: [r["test_auc"] for r in runs if r["init"] == init] for init in inits}
     bad = [f"{r['init']} seed {r['seed']}" for r in runs if not math.isfinite(r["test_auc"])]
     if bad:
         raise ConfigError(f"no test AUC for {bad}: compare needs a classification task")
-    y_true, scores = _delong_inputs(runs, inits)
-    table = stats.compare(aucs, reference, y_true=y_true, scores=scores)
-    pairwise = stats.pairwise(aucs, y_true=y_true, scores=scores)
+    y_true, scores = _test_inputs(runs, inits)
+    kw = {"y_true": y_true, "scores": scores, "patients": runs[0]["patients"], "n_boot": runs[0]["n_boot"]}
+    table = stats.compare(aucs, reference, **kw)
+    pairwise = stats.pairwise(aucs, **kw)
     md = stats.comparison_markdown(table)
-    if y_true is None:
-        md += "\nDeLong's test needs a binary task: only the paired t-test over seeds is reported.\n"
+    if runs[0]["probs"].shape[1] != 2:
+        md += "\nDeLong's test needs a binary task: the patient bootstrap compares macro AUCs.\n"
     return CompareResult(parent, run_name, table, pairwise, runs, md)
 
 
-def _delong_inputs(runs: list[dict], inits: list[str]) -> tuple[Any, Any]:
-    """``(y_true, scores)`` for DeLong: the positive-class probabilities of every run on one test set
-    (same keys in the same order), or ``(None, None)`` for a multiclass task."""
+def _test_inputs(runs: list[dict], inits: list[str]) -> tuple[Any, Any]:
+    """``(y_true, scores)`` for the test-set tests, every run on one test set (same keys and patients in
+    the same order): binary, the 0/1 labels and positive-class probabilities; else the class ids and
+    the probabilities [N, K]."""
     first = runs[0]
     for r in runs[1:]:
-        if r["keys"] != first["keys"] or not np.array_equal(r["labels"], first["labels"]):
+        if (r["keys"] != first["keys"] or not np.array_equal(r["labels"], first["labels"])
+                or not np.array_equal(r["patients"], first["patients"])):
             raise ConfigError(f"run {r['run_name']} was tested on other samples than {first['run_name']}: "
                               "all runs of a comparison must share the dataset")
     if first["probs"].shape[1] != 2:
-        return None, None
+        return first["labels"], {init: [r["probs"] for r in runs if r["init"] == init] for init in inits}
     pos = _positive_column(first)
     y = (first["labels"] == pos).astype(int)
     return y, {init: [r["probs"][:, pos] for r in runs if r["init"] == init] for init in inits}
@@ -190,5 +196,5 @@ def _log_parent(uri: str, parent: str, result: CompareResult) -> None:
         s = slug(row["init"])
         metrics |= {f"{s}/test/auc_mean": row["auc_mean"], f"{s}/test/auc_sd": row["auc_sd"],
                     f"{s}/test/auc_delta": row["delta"], f"{s}/p_ttest": row["p_ttest"],
-                    f"{s}/p_delong": row["p_delong"]}
+                    f"{s}/p_bootstrap": row["p_bootstrap"], f"{s}/p_delong": row["p_delong"]}
     tracking.log_metrics(uri, parent, metrics, 0)

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from radimagenet.errors import ConfigError
 from radimagenet.io import tracking
 from radimagenet.tasks.finetune_config import FinetuneConfig, TaskSpec
 
@@ -35,11 +36,49 @@ class DownstreamTask:
     manifest: dict
     spec: TaskSpec
     record: Any = None  # set by build_model
-    select_metric: str | None = "val/loss"
+
+    @property
+    def select_metric(self) -> str:
+        """The validation metric that picks the kept epoch (``train.monitor``)."""
+        return self.cfg.train.monitor
+
+    @property
+    def patience(self) -> int:
+        """Epochs without a better ``train.monitor`` before stopping (``train.patience``; 0: never)."""
+        return self.cfg.train.patience
     masks: ClassVar[bool] = False  # batches carry the lesion masks
+    _subset: Any = None  # the label_fraction share, computed on first use
 
     def loader(self, split: str, ctx: Any, *, epoch: int = 0, train: bool = False) -> Any:
-        return loader(self.record, self.cfg, self.manifest, split, ctx, train=train, epoch=epoch, masks=self.masks)
+        keep = self.train_subset().keys if split == "train" and self.train_subset() else None
+        return loader(self.record, self.cfg, self.manifest, split, ctx, train=train, epoch=epoch, masks=self.masks,
+                      keep=keep)
+
+    def train_subset(self) -> Any:
+        """The ``data.label_fraction`` share of the training split (None: all of it), chosen once."""
+        from radimagenet.data.subset import label_subset
+
+        if self.cfg.data.label_fraction >= 1:
+            return None
+        if self._subset is None:
+            self._subset = label_subset(self.manifest, "train", self.cfg.data.label_fraction, self.cfg.train.seed)
+        return self._subset
+
+    def data_metrics(self) -> dict[str, float]:
+        """The training data actually used: ``train/n_images``, ``train/n_patients`` (after ``label_fraction``)."""
+        sub = self.train_subset()
+        if sub is not None:
+            return {"train/n_images": float(sub.images), "train/n_patients": float(sub.patients)}
+        train = self.manifest["splits"].get("train", {})
+        return {"train/n_images": float(train.get("samples", 0)), "train/n_patients": float(train.get("patients", 0))}
+
+    def train_class_counts(self) -> list[int]:
+        """Training images per label id (after ``label_fraction``), for ``train.class_weights``."""
+        sub = self.train_subset()
+        if sub is not None:
+            return list(sub.class_counts)
+        counts = self.manifest["splits"].get("train", {}).get("classes", {})
+        return [int(counts.get(c, 0)) for c in self.manifest["classes"]]
 
     def train_mode(self, model: Any) -> None:
         from radimagenet.models.freeze import set_train_mode
@@ -71,7 +110,7 @@ def build_classifier(cfg: FinetuneConfig, manifest: dict, num_classes: int) -> t
 
 
 def loader(model_record: Any, cfg: FinetuneConfig, manifest: dict, split: str, ctx: Any, *, train: bool,
-           epoch: int = 0, num_workers: int | None = None, masks: bool = False) -> Any:
+           epoch: int = 0, num_workers: int | None = None, masks: bool = False, keep: Any = None) -> Any:
     """The split's batches, preprocessed as the model's record says (channels, mean, std)."""
     from radimagenet.data.loader import make_loader
 
@@ -80,7 +119,7 @@ def loader(model_record: Any, cfg: FinetuneConfig, manifest: dict, split: str, c
                        num_workers=cfg.data.num_workers if num_workers is None else num_workers,
                        image_size=cfg.data.image_size, channels=model_record.in_chans, mean=tuple(model_record.mean),
                        std=tuple(model_record.std), shuffle_buffer=cfg.data.shuffle_buffer, with_meta=not train,
-                       with_masks=masks)
+                       with_masks=masks, keep=keep)
 
 
 def test_batches(record: Any, cfg: FinetuneConfig, manifest: dict) -> Iterator[Any]:
@@ -91,9 +130,19 @@ def test_batches(record: Any, cfg: FinetuneConfig, manifest: dict) -> Iterator[A
                       masks=bool(manifest.get("has_masks")))
 
 
+def patients_of(out: Any) -> tuple[np.ndarray, int]:
+    """``(patient [N], missing)``: each sample's patient pseudonym (the ``patient`` of its ``.json``, which
+    the ingest always writes); a sample without one counts as its own patient (its key), ``missing`` of them."""
+    patients = np.asarray(out.arrays.get("patient", np.full(len(out), "")), dtype=object)
+    lost = patients == ""
+    patients[lost] = np.asarray(out.keys, dtype=object)[lost]
+    return patients.astype(str), int(lost.sum())
+
+
 def write_predictions(out: Any, spec: TaskSpec, path: str) -> None:
-    """Per-sample test outputs sorted by key (an engine ``Outputs``): the input of DeLong's test in
-    ``radimagenet compare``."""
+    """Per-sample test outputs sorted by key (an engine ``Outputs``), enough to recompute every test
+    statistic: classification ``key, patient, label`` (class name), ``p_<class>`` per class (the input
+    of ``radimagenet compare``'s tests); segmentation ``key, label_id, dice, has_lesion``."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     a = out.arrays
     with open(path, "w", newline="") as f:
@@ -103,17 +152,37 @@ def write_predictions(out: Any, spec: TaskSpec, path: str) -> None:
             w.writerows([k, int(y), repr(float(d)), int(les > 0)]
                         for k, y, d, les in zip(out.keys, a["label"], a["dice"], a["lesion"], strict=True))
             return
-        w.writerow(["key", "label_id"] + [f"prob_{i}" for i in range(len(spec.classes))])
-        w.writerows([k, int(y), *(repr(float(p)) for p in row)]
-                    for k, y, row in zip(out.keys, a["label"], a["probs"], strict=True))
+        w.writerow(["key", "patient", "label"] + [f"p_{c}" for c in spec.classes])
+        w.writerows([k, pt, spec.classes[int(y)], *(repr(float(p)) for p in row)]
+                    for k, pt, y, row in zip(out.keys, patients_of(out)[0], a["label"], a["probs"], strict=True))
 
 
-def read_predictions(text: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """``(keys, label ids, probabilities [N, K])`` from a ``predictions/test.csv`` text."""
+@dataclass
+class Predictions:
+    """A classification run's ``predictions/test.csv``: one row per test image, sorted by key."""
+
+    keys: list[str]
+    patients: np.ndarray  # [N] pseudonyms
+    labels: np.ndarray  # [N] class ids (index into classes)
+    probs: np.ndarray  # [N, K]
+    classes: list[str]
+
+
+def read_predictions(text: str) -> Predictions:
+    """The :class:`Predictions` of a classification ``predictions/test.csv`` text."""
     rows = list(csv.reader(io.StringIO(text)))
-    body = rows[1:]
-    return ([r[0] for r in body], np.asarray([int(r[1]) for r in body], np.int64),
-            np.asarray([[float(x) for x in r[2:]] for r in body], np.float64))
+    head, body = rows[0] if rows else [], rows[1:]
+    if head[:3] != ["key", "patient", "label"] or not all(h.startswith("p_") for h in head[3:]):
+        raise ConfigError(f"{PREDICTIONS_FILE}: expected columns key, patient, label, p_<class>...; got {head[:4]}")
+    classes = [h[2:] for h in head[3:]]
+    ids = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({r[2] for r in body} - set(ids))
+    if unknown:
+        raise ConfigError(f"{PREDICTIONS_FILE}: labels {unknown[:5]} are not among the p_<class> columns")
+    return Predictions([r[0] for r in body], np.asarray([r[1] for r in body], dtype=str),
+                       np.asarray([ids[r[2]] for r in body], np.int64),
+                       np.asarray([[float(x) for x in r[3:]] for r in body], np.float64).reshape(len(body), -1),
+                       classes)
 
 
 def write_model(model: Any, record: Any, spec: TaskSpec, image_size: int, directory: str) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 from radimagenet.io import tracking
 from radimagenet.tasks.downstream import REPORT_FILE
 from radimagenet.tasks.finetune_config import FinetuneConfig, check_masks, check_task, init_name, resolve
+from radimagenet.tasks.leakage import DATASET_TAG, check_overlap, pretraining_dataset
 from radimagenet.train.config import RunResult
 
 
@@ -66,6 +67,7 @@ def preflight(cfg: FinetuneConfig) -> tuple[FinetuneConfig, dict, str, dict[str,
         from radimagenet.models.unet import create_unet
 
         create_unet(tags["radimagenet.arch"])
+    tags |= check_overlap(cfg, manifest, tags)  # last: it reads the test split (and the pretraining data)
     return cfg, manifest, uri, tags | {"radimagenet.task": spec.task, "radimagenet.metrics": spec.mode}
 
 
@@ -80,6 +82,7 @@ def _resolve_init(cfg: FinetuneConfig, uri: str) -> tuple[FinetuneConfig, dict[s
         tags |= {"radimagenet.backbone_ref": cfg.backbone, "radimagenet.backbone": pinned,
                  "radimagenet.backbone_name": mv.name, "radimagenet.backbone_version": str(mv.version),
                  "radimagenet.backbone_dataset_digest": mv.tags.get("dataset_digest", ""),
+                 DATASET_TAG: pretraining_dataset(uri, mv),
                  "radimagenet.arch": mv.tags.get("arch", "")}
         return dataclasses.replace(cfg, resolved_backbone=pinned), tags
     check_arch(cfg.model.arch)

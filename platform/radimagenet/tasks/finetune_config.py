@@ -42,6 +42,11 @@ class DataSection:
     shuffle_buffer: int = 512
     mean: tuple[float, ...] | None = None  # None: the backbone's own (scratch: 0.5; imagenet: timm's)
     std: tuple[float, ...] | None = None
+    # train on a stratified, patient-level share of the training split (seeded by train.seed): label-efficiency curves
+    label_fraction: float = 1.0
+    # init=backbone: compare the backbone's pretraining data with the test split (shared images, patients):
+    # warn (warning + tag radimagenet.overlap), error (refuse to start) or off
+    overlap: Literal["warn", "error", "off"] = "warn"
 
 
 @dataclass
@@ -68,6 +73,9 @@ class FinetuneTrainSection(TrainSection):
     label_smoothing: float = 0.0
     log_every: int = 10
     freeze: Literal["none", "top10", "all"] = "none"  # all: only the head trains; top10: + last 10 layers
+    monitor: str = "val/loss"  # the validation metric that picks the kept epoch (loss: lowest; auc, dice: highest)
+    patience: int = 0  # stop after this many epochs without a better train.monitor; 0: train every epoch
+    class_weights: Literal["none", "balanced"] = "none"  # balanced: loss weights n / (k * n_class) on train
 
 
 @dataclass
@@ -135,7 +143,13 @@ def _downstream_problems(cfg: FinetuneConfig, need_data: bool) -> list[str]:
               (min(e.gradcam_samples, e.gradcam_max_images, e.overlay_samples) >= 0,
                "eval.gradcam_samples, gradcam_max_images and overlay_samples must be >= 0"),
               (cfg.data.image_size is None or cfg.data.image_size >= 16,
-               f"data.image_size must be >= 16, got {cfg.data.image_size}")]
+               f"data.image_size must be >= 16, got {cfg.data.image_size}"),
+              (0 < cfg.data.label_fraction <= 1, f"data.label_fraction must be in (0, 1], got {cfg.data.label_fraction}"),
+              (cfg.train.monitor.startswith("val/"), f"train.monitor must be a validation metric (val/loss, val/auc, "
+               f"val/accuracy, val/dice, ...), got {cfg.train.monitor!r}"),
+              (cfg.train.patience >= 0, f"train.patience must be >= 0 (0: no early stopping), got {cfg.train.patience}"),
+              (cfg.task == "classification" or cfg.train.class_weights == "none",
+               "train.class_weights applies to task=classification only")]
     return problems + [msg for ok, msg in checks if not ok]
 
 

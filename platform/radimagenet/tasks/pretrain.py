@@ -113,6 +113,7 @@ class PretrainTask:
     manifest: dict
     name: str = "pretrain"
     select_metric: str | None = None
+    patience: int = 0
 
     def build_model(self) -> tuple[Any, Any]:
         from radimagenet.models.factory import create_model
@@ -133,6 +134,9 @@ class PretrainTask:
                            channels=cfg.model.in_chans, mean=cfg.data.mean, std=cfg.data.std,
                            shuffle_buffer=cfg.data.shuffle_buffer, with_meta=not train)
 
+    def data_metrics(self) -> dict[str, float]:
+        return {}
+
     def train_mode(self, model: Any) -> None:
         model.train()
 
@@ -143,16 +147,19 @@ class PretrainTask:
                                label_smoothing=self.cfg.train.label_smoothing)
 
     def outputs(self, outputs: Any, batch: Any) -> dict[str, np.ndarray]:
-        modality = [(m or {}).get("modality") or "" for m in (batch.meta or [{}] * len(batch))]
+        meta = [m or {} for m in (batch.meta or [{}] * len(batch))]
         return {"logits": outputs.cpu().numpy(), "label": batch.labels.numpy(),
-                "modality": np.asarray(modality, dtype=object)}
+                "modality": np.asarray([m.get("modality") or "" for m in meta], dtype=object),
+                "patient": np.asarray([m.get("patient") or k for m, k in zip(meta, batch.keys, strict=True)],
+                                      dtype=object)}
 
     def metrics(self, split: str, out: Any) -> dict[str, float]:
         from radimagenet.eval.metrics import classification_metrics
 
         modalities = list(out.arrays["modality"]) if len(out) else []
-        return classification_metrics(out.arrays["logits"], out.arrays["label"], self.manifest["classes"],
-                                      None if not modalities or "" in modalities else modalities, prefix=split)
+        metrics = classification_metrics(out.arrays["logits"], out.arrays["label"], self.manifest["classes"],
+                                         None if not modalities or "" in modalities else modalities, prefix=split)
+        return metrics | ({f"{split}/n_patients": float(len(set(out.arrays["patient"])))} if len(out) else {})
 
     def finish(self, model: Any, record: Any, ctx: Any, selected: dict[str, float]) -> dict[str, float]:
         return {}  # the driver registers the final checkpoint

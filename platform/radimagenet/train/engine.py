@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 
+from radimagenet.errors import ConfigError
 from radimagenet.eval.metrics import summarize
 from radimagenet.io import tracking
 from radimagenet.train import checkpoint
@@ -46,13 +47,17 @@ class Task(Protocol):
     """What a task tells the engine (see :mod:`radimagenet.tasks`)."""
 
     name: str  # pretrain | classification | segmentation: for log lines
-    select_metric: str | None  # e.g. "val/loss": keep the epoch where it is lowest; None: the last epoch
+    select_metric: str | None  # e.g. "val/loss" (lowest kept) or "val/auc" (highest); None: the last epoch
+    patience: int  # stop after this many epochs without a better select_metric; 0: never stop early
 
     def build_model(self) -> tuple[nn.Module, Any]:
         """``(model, record)``: the model with its head (and frozen layers), and its preprocessing record."""
 
     def loader(self, split: str, ctx: Context, *, epoch: int = 0, train: bool = False) -> Loader:
         """The batches ``ctx.rank`` reads from ``split`` (train: this epoch's shuffled share)."""
+
+    def data_metrics(self) -> dict[str, float]:
+        """What the run trains on, logged once at the start (e.g. ``train/n_images``, ``train/n_patients``)."""
 
     def train_mode(self, model: nn.Module) -> None:
         """Put the model in training mode (e.g. keeping frozen normalisation layers in eval mode)."""
@@ -84,10 +89,10 @@ class Outputs:
 
 @dataclass
 class Best:
-    """The epoch where the task's selection metric was lowest, and its weights (CPU copies)."""
+    """The epoch where the task's selection metric was best, and its weights (CPU copies)."""
 
-    epoch: int = -1
-    value: float = math.inf
+    epoch: int = -1  # -1: none yet (the metric was never finite)
+    value: float = math.nan
     state: dict[str, Any] | None = None
 
 
@@ -108,13 +113,20 @@ def fit(task: Task, cfg: Any, config: dict[str, Any], manifest: dict, ctx: Conte
     log = metric_logger(cfg.tracking, ctx)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log({"model/trainable_params": trainable, "model/total_params": sum(p.numel() for p in model.parameters()),
-         **({"train/resumed_from_epoch": start_epoch} if start_epoch else {})}, step)
+         **task.data_metrics(), **({"train/resumed_from_epoch": start_epoch} if start_epoch else {})}, step)
 
     train_model = ctx.prepare_model(model)
     if cfg.train.compile:
         train_model = torch.compile(train_model)
     metrics: dict[str, float] = {}
+    stopped: dict[str, float] = {}
     for epoch in range(start_epoch, cfg.train.epochs):
+        if task.patience and epoch - 1 - best.epoch >= task.patience:  # also when a stopped run is resumed
+            stopped = {"early_stop_epoch": epoch}
+            if ctx.is_main:
+                print(f"[radimagenet] {task.name}: no better {task.select_metric} for {task.patience} epoch(s) "
+                      f"after epoch {best.epoch + 1}; stopping after epoch {epoch}", flush=True)
+            break
         loader = task.loader("train", ctx, epoch=epoch, train=True)
         step, train_metrics = train_one_epoch(train_model, task, loader, optimizer, scheduler, ctx, cfg.train,
                                               epoch, step, log)
@@ -132,7 +144,7 @@ def fit(task: Task, cfg: Any, config: dict[str, Any], manifest: dict, ctx: Conte
 
     if best.state is not None:
         model.load_state_dict(best.state)
-    final = task.finish(model, record, ctx, best_metrics(best, task))
+    final = task.finish(model, record, ctx, best_metrics(best, task) | stopped)
     if not final:
         return metrics
     log(final, step)
@@ -275,10 +287,22 @@ def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainSection, steps
         optimizer, lambda s: lr_factor(s, warmup, total, train.min_lr_ratio, train.schedule))
 
 
+def lower_is_better(metric: str) -> bool:
+    """Losses and calibration errors improve downwards; AUC, accuracy, Dice upwards."""
+    return metric.rsplit("/", 1)[-1].endswith(("loss", "ece"))
+
+
 def select(best: Best, metric: str | None, val: dict[str, float], epoch: int, model: nn.Module) -> Best:
-    """The new best epoch when ``val[metric]`` improved (lower is better), else ``best``."""
-    value = val.get(metric, math.nan) if metric else math.nan
-    if metric is None or not value < best.value:
+    """The new best epoch when ``val[metric]`` improved (see :func:`lower_is_better`), else ``best``."""
+    if metric is None:
+        return best
+    if metric not in val:
+        raise ConfigError(f"train.monitor={metric} is not a validation metric of this task; it reports "
+                          f"{', '.join(sorted(k for k in val if '/' in k))}")
+    value = float(val[metric])
+    if not math.isfinite(value):
+        return best
+    if best.epoch >= 0 and not (value < best.value if lower_is_better(metric) else value > best.value):
         return best
     return Best(epoch, float(value), {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
 
@@ -305,7 +329,7 @@ def restore(ctx: Context, model: nn.Module, optimizer: Any, scheduler: Any, dige
         info = {"epoch": int(state["metrics"]["best_epoch"]) - 1, "value": state["metrics"].get("val/best_loss")}
     info = info or {}
     value = info.get("value")
-    best = Best(int(info.get("epoch", -1)), math.inf if value is None else float(value), best_state)
+    best = Best(int(info.get("epoch", -1)), math.nan if value is None else float(value), best_state)
     if ctx.is_main:
         print(f"[radimagenet] resumed after epoch {state['epoch'] + 1} (step {state['step']})", flush=True)
     return state["epoch"] + 1, state["step"], best
