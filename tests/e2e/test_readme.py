@@ -45,3 +45,4 @@ def test_walkthrough_runs_as_written(shell_env, tmp_path):
     assert r.returncode == 0, out[-6000:]
     assert "OK: " in r.stdout and "is now @champion" in r.stdout
     assert "test AUC" in out
+    assert " predicted, " in r.stdout and '"predictions": [{"p_' in r.stdout  # predict, then the served model

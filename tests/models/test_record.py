@@ -32,3 +32,16 @@ def test_record_round_trip_and_preprocess():
     with pytest.raises(ConfigError, match="mean"):
         make_record("resnet18", MANIFEST, in_chans=3, mean=(0.1, 0.2))
     assert torch.equal(models.preprocess(grey, record), x)  # the notebook name is the same function
+
+
+def test_record_keeps_task_and_decode_settings_and_reads_old_records():
+    manifest = {**MANIFEST, "ingest": {"image_size": 64, "multiframe": "first", "windows": {"CT": [50, 350]},
+                                       "encoding": "npy", "split_fractions": [0.8, 0.1, 0.1]}}
+    record = make_record("resnet18", manifest, image_size=32)
+    assert record.task == "classification"
+    assert record.ingest == {"image_size": 64, "multiframe": "first", "windows": {"CT": [50, 350]}}
+    old = {k: v for k, v in record.to_dict().items() if k not in ("task", "ingest")}  # a version from before
+    again = BackboneRecord.from_dict(old)
+    assert again.task == "classification" and again.ingest == {}
+    with pytest.raises(ConfigError, match="task"):
+        BackboneRecord.from_dict({**record.to_dict(), "task": "detection"})

@@ -1,6 +1,8 @@
 """Models: the record that travels with them (:mod:`.record`), timm creation (:mod:`.factory`),
 safetensors weights (:mod:`.weights`), freezing (:mod:`.freeze`), the registry API (:mod:`.registry`)
-and the U-Net (:mod:`.unet`)."""
+and a model folder on disk (:mod:`.bundle`), the U-Net (:mod:`.unet`); using a model on new files
+(:mod:`.inference`, :mod:`.predict`), its MLflow pyfunc flavor (:mod:`.serving`) and exports
+(:mod:`.export`)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """The record that travels with every model (our timm ``pretrained_cfg``): architecture, channels,
-input size, normalisation, interpolation, class names and dataset digest, so nobody re-types
-preprocessing constants. The preprocessing itself is :func:`radimagenet.data.transforms.preprocess`.
+input size, normalisation, interpolation, class names, dataset digest, the task (classification or
+segmentation) and how the dataset's files were decoded (``ingest``), so nobody re-types preprocessing
+constants. The preprocessing itself is :func:`radimagenet.data.transforms.preprocess`; ``predict``
+decodes a file as the ingest did (:func:`decode_settings`), then preprocesses it.
 
     record = make_record("resnet50", manifest, image_size=224)
     BackboneRecord.from_dict(json.loads(record.to_json())) == record
@@ -16,6 +18,9 @@ from typing import Any
 from radimagenet.errors import ConfigError
 
 RECORD_FORMAT = "radimagenet-backbone/1"
+TASKS = ("classification", "segmentation")
+# what of the dataset's ingest settings a new file needs to be decoded as the training images were
+DECODE_KEYS = ("image_size", "multiframe", "windows")
 
 
 @dataclass
@@ -24,6 +29,9 @@ class BackboneRecord:
 
     Pixel convention: grey uint8 -> float in [0, 1] -> resize (``interpolation``) to
     ``input_size[1:]`` -> replicate to ``in_chans`` channels -> ``(x - mean) / std`` per channel.
+    ``task``: ``classification`` (a timm classifier over ``classes``) or ``segmentation`` (a U-Net on
+    the ``arch`` encoder, one lesion-logit channel). ``ingest``: the dataset's decode settings
+    (``image_size``, ``multiframe``, ``windows``; empty in records made before they were kept).
     """
 
     arch: str
@@ -40,6 +48,8 @@ class BackboneRecord:
     metrics: dict[str, float] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)  # run id, registry name/version
     versions: dict[str, str] = field(default_factory=dict)
+    task: str = "classification"
+    ingest: dict[str, Any] = field(default_factory=dict)
     format: str = RECORD_FORMAT
 
     def to_dict(self) -> dict[str, Any]:
@@ -59,6 +69,8 @@ class BackboneRecord:
         d = {k: v for k, v in data.items() if k in names}
         d["input_size"] = tuple(d["input_size"])
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
+        if d.get("task", "classification") not in TASKS:
+            raise ConfigError(f"record task {d['task']!r} is not one of {TASKS}")
         return cls(**d)
 
 
@@ -79,6 +91,13 @@ def channel_stats(values: tuple[float, ...] | list[float], in_chans: int, what: 
     if len(values) != in_chans:
         raise ConfigError(f"{what} has {len(values)} values, expected 1 or in_chans={in_chans}")
     return values
+
+
+def decode_settings(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The dataset's decode settings from its manifest (``image_size``, ``multiframe``, ``windows``)."""
+    ingest = dict(manifest.get("ingest") or {})
+    ingest.setdefault("image_size", manifest.get("image_size"))
+    return {k: ingest[k] for k in DECODE_KEYS if ingest.get(k) is not None}
 
 
 def make_record(
@@ -105,6 +124,7 @@ def make_record(
         dataset_digest=str(manifest.get("digest", "")),
         interpolation=interpolation,
         versions=_versions(),
+        ingest=decode_settings(manifest),
     )
 
 

@@ -5,8 +5,11 @@
     x = radimagenet.data.transforms.preprocess(grey_uint8_images, record)  # what the backbone expects
     backbones.list()                                                # every registered version
 
-References: ``NAME@alias``, ``NAME/VERSION`` or ``NAME`` (the latest version). The weights are
-safetensors (no pickle); the architecture and preprocessing come from the version's ``backbone.json``.
+References: ``NAME@alias``, ``NAME/VERSION`` or ``NAME`` (the latest version), with or without
+``models:/``. The weights are safetensors (no pickle); the architecture and preprocessing come from the
+version's ``backbone.json``. A version registered by :func:`register` is also an MLflow pyfunc model
+(``mlflow.pyfunc.load_model("models:/NAME@alias")``, :mod:`radimagenet.models.serving`): its files
+then sit under ``artifacts/backbone/``, and :func:`load_dir` reads both layouts.
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ import os
 import tempfile
 from typing import Any
 
+from radimagenet.errors import ConfigError
 from radimagenet.io import tracking
-from radimagenet.models.factory import create_model
+from radimagenet.models.bundle import load_dir
 from radimagenet.models.record import BackboneRecord, attach_record
+
+__all__ = ["list", "load", "load_dir", "register"]
 
 
 def load(ref: str, num_classes: int | None = None, *, tracking_uri: str = "", drop_rate: float = 0.0) -> tuple[Any, BackboneRecord]:
@@ -34,24 +40,29 @@ def load(ref: str, num_classes: int | None = None, *, tracking_uri: str = "", dr
         record, model = load_dir(tracking.download_backbone(uri, mv, dst=tmp), drop_rate=drop_rate)
     record.source = {**record.source, "registry_name": mv.name, "version": str(mv.version), "ref": ref}
     if num_classes is not None:
+        if record.task != "classification":
+            raise ConfigError(f"{ref} is a {record.task} model: it has no classifier head to replace")
         model.reset_classifier(num_classes)
     return attach_record(model, record), record
 
 
-def load_dir(directory: str, drop_rate: float = 0.0) -> tuple[BackboneRecord, Any]:
-    """A backbone from a local directory holding ``backbone.json`` and ``model.safetensors``."""
-    import json
+def register(uri: str, run_id: str, local_dir: str, name: str, alias: str = "candidate",
+             tags: dict[str, str] | None = None, description: str = "") -> str:
+    """Register ``local_dir`` (``model.safetensors``, ``backbone.json``, anything else to keep) as a new
+    version of ``name`` with ``alias``, packaged as an MLflow pyfunc model (signature, input example):
+    what ``registry.load``, ``predict``, ``export`` and ``mlflow models serve`` all read. Returns the
+    version (see :func:`radimagenet.io.tracking.register_backbone`, which it calls)."""
+    import shutil
 
-    from radimagenet.models.weights import MODEL_FILE, load_weights
+    from radimagenet.models.serving import package
 
-    record_path = os.path.join(directory, tracking.RECORD_FILE)
-    if not os.path.isfile(record_path):
-        raise tracking.TrackingError(f"{directory} holds no {tracking.RECORD_FILE}: not a registered backbone")
-    with open(record_path) as f:
-        record = BackboneRecord.from_dict(json.load(f))
-    model = create_model(record.arch, record.num_classes, record.in_chans, drop_rate)
-    load_weights(os.path.join(directory, MODEL_FILE), model)
-    return record, attach_record(model, record)
+    tmp = tempfile.mkdtemp(prefix="radimagenet-pyfunc-")
+    try:
+        out = os.path.join(tmp, "model")
+        package(local_dir, out)
+        return tracking.register_backbone(uri, run_id, out, name, alias, tags, description)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def list(name: str | None = None, *, tracking_uri: str = "") -> list[dict[str, Any]]:  # noqa: A001

@@ -1,4 +1,5 @@
-"""A finished pretraining checkpoint becomes a registered backbone version: weights + record + config."""
+"""A finished pretraining checkpoint becomes a registered backbone version: weights + record + config,
+packaged as an MLflow pyfunc model (:func:`radimagenet.models.registry.register`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import yaml
 
 from radimagenet.io import tracking
+from radimagenet.models import registry
 from radimagenet.models.record import BackboneRecord
 from radimagenet.models.weights import MODEL_FILE
 from radimagenet.train import checkpoint
@@ -44,8 +46,8 @@ def register_backbone(cfg: Any, uri: str, run_id: str, ckpt: tuple[Any, str] | N
             f.write(record.to_json())
         with open(os.path.join(out, "config.yaml"), "w") as f:
             yaml.safe_dump(state["config"], f, sort_keys=False)
-        version = tracking.register_backbone(uri, run_id, out, cfg.registry.name, cfg.registry.alias,
-                                             _tags(record, cfg, state, final), _description(record, cfg, final))
+        version = registry.register(uri, run_id, out, cfg.registry.name, cfg.registry.alias,
+                                    _tags(record, cfg, state, final), _description(record, cfg, final))
         return version, final
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -57,7 +59,7 @@ def _tags(record: BackboneRecord, cfg: Any, state: dict, final: dict[str, float]
         "arch": record.arch, "in_chans": str(record.in_chans), "input_size": "x".join(map(str, record.input_size)),
         "mean": json.dumps(list(record.mean)), "std": json.dumps(list(record.std)),
         "interpolation": record.interpolation, "num_classes": str(record.num_classes),
-        "dataset_digest": record.dataset_digest, "run_name": cfg.tracking.run_name,
+        "dataset_digest": record.dataset_digest, "dataset_uri": cfg.data.manifest, "run_name": cfg.tracking.run_name,
         "epochs": str(state["epoch"] + 1), "step": str(state["step"]),
         **{k: f"{v:.4f}" for k, v in final.items() if k.startswith("val/")},
     }
