@@ -195,18 +195,20 @@ def test_predictions_round_trip(tmp_path):
         read_predictions("key,patient,label,p_x\na,p1,y,0.5\n")
 
 
-def test_compare_initialisations():
-    from radimagenet.tasks.compare import child_configs, init_overrides, seed_list
+def test_compare_is_a_sweep_of_inits_by_seeds():
+    from radimagenet.tasks.compare import compare_overrides, seed_list
+    from radimagenet.tasks.sweep_config import load_sweep
 
-    assert init_overrides("scratch") == ["init=scratch", "backbone="]
-    assert init_overrides("radimagenet-resnet50@champion") == ["init=backbone", "backbone=radimagenet-resnet50@champion"]
     with pytest.raises(ValueError, match="bad backbone reference"):
-        init_overrides("a@")
+        compare_overrides(["a@", "scratch"], "s3://b/ds", [0], None, "cmp", True)
     with pytest.raises(ConfigError, match="seeds"):
         seed_list(0)
-    configs = child_configs(["bb@champion", "scratch"], "s3://b/ds", [0, 1], None, ["model.arch=resnet10t"], "cmp")
-    assert [c.train.seed for c in configs["scratch"]] == [0, 1]
-    assert configs["scratch"][1].tracking.run_name == "cmp-scratch-s1" and configs["scratch"][0].init == "scratch"
-    assert configs["bb@champion"][0].backbone == "bb@champion"
     with pytest.raises(ConfigError, match="at least 2 distinct"):
-        child_configs(["scratch", "scratch"], "s3://b/ds", [0], None, [], "cmp")
+        compare_overrides(["scratch", "scratch"], "s3://b/ds", [0], None, "cmp", True)
+    spec = load_sweep(None, ["model.arch=resnet10t", *compare_overrides(["bb@champion", "scratch"], "s3://b/ds",
+                                                                         seed_list(2), None, "cmp", True)])
+    configs = {(t.config.init, t.config.backbone, t.config.train.seed): t.config for t in spec.trials}
+    assert sorted(configs) == [("backbone", "bb@champion", 0), ("backbone", "bb@champion", 1),
+                               ("scratch", "", 0), ("scratch", "", 1)]
+    assert configs[("scratch", "", 1)].tracking.run_name == "cmp-init_scratch-seed_1"
+    assert spec.sweep.reference == "bb@champion" and spec.sweep.in_process

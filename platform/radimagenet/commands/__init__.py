@@ -19,6 +19,7 @@ VERBS: dict[str, str] = {
     "registry": "list and promote registered backbones",
     "finetune": "fine-tune a registered backbone downstream",
     "compare": "compare initialisations over several seeds",
+    "sweep": "a grid of fine-tuning runs (inits, freeze, lr, seeds, label fractions) on Ray Tune",
     "predict": "run a registered model on local DICOM, PNG or JPEG files into a CSV",
     "export": "write a registered model as ONNX, TorchScript or a timm folder",
     "submit": "submit a command as a Ray job to a cluster",

@@ -261,3 +261,20 @@ def prediction_overlay_png(
     rgb[mask_contour(pred)] = (255, 0, 0)
     rgb[mask_contour(true)] = (0, 255, 0)
     return rgb_png(rgb, path, scale=scale)
+
+
+def auc_intervals_png(labels: list[str], aucs: Any, lows: Any, highs: Any, path: PathLike | None = None, *,
+                      title: str = "test AUC with patient-level 95% CI") -> bytes:
+    """PNG of one row per setting: its test AUC as a point and its confidence interval as a bar."""
+    from matplotlib.figure import Figure
+
+    n = len(labels)
+    fig = Figure(figsize=(7, 0.9 + 0.32 * n))
+    ax = fig.subplots()
+    y = np.arange(n)[::-1]
+    a, lo, hi = (np.asarray(v, dtype=float) for v in (aucs, lows, highs))
+    ax.errorbar(a, y, xerr=[np.nan_to_num(a - lo), np.nan_to_num(hi - a)], fmt="o", capsize=3, lw=1.5)
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.axvline(0.5, ls="--", c="grey", lw=1)
+    ax.set(xlabel="test AUC", xlim=(min(0.45, float(np.nanmin(lo, initial=0.45))), 1.0), title=title)
+    return _figure_png(fig, path)

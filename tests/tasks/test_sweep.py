@@ -1,0 +1,70 @@
+"""`radimagenet sweep` through Ray Tune on the stack's Ray: 4 tiny trials (a registered backbone and scratch
+x 2 seeds) under one parent run; one trial is killed, the sweep fails, and running it again skips the
+finished trials, finishes the killed one and writes the summary."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from helpers_assets import ARCH, EXPERIMENT, assets
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def data(stack_env, tmp_path_factory) -> dict[str, str]:
+    return assets(os.environ["AWS_ENDPOINT_URL"], str(tmp_path_factory.mktemp("finetune-assets")))
+
+
+def test_a_sweep_resumed_after_a_killed_trial(data, tmp_path, monkeypatch, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from radimagenet.cli import main
+    from radimagenet.io import tracking
+
+    name = f"sweep-{uuid.uuid4().hex[:6]}"
+    argv = ["sweep", f"data.manifest={data['downstream']}", f"sweep.name={name}", f"backbone={data['backbone']}",
+            "grid.init=backbone,scratch", "grid.train.seed=0,1", f"model.arch={ARCH}", "data.num_workers=0",
+            "train.epochs=1", "train.batch_size=32", "train.lr=1e-3", "eval.n_boot=100", "eval.gradcam_samples=0",
+            "eval.gradcam_max_images=0", "eval.log_model=false", "sweep.cpus_per_trial=1", "sweep.max_concurrent=1",
+            f"tracking.experiment={EXPERIMENT}-sweep", f"checkpoint.storage_path={tmp_path / 'ckpt'}"]
+    # the first trial to reach its second batch is SIGKILLed once (the marker file says it happened)
+    monkeypatch.setenv("RADIMAGENET_FAULT_KILL", "0:0:1")
+    monkeypatch.setenv("RADIMAGENET_FAULT_MARKER", str(tmp_path / "killed"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "1 trial(s) failed" in err and "run the same sweep again" in err, err
+    assert (tmp_path / "killed").exists()
+
+    c = MlflowClient()
+    uri = tracking.tracking_uri()
+    parent = tracking.find_run(uri, f"{EXPERIMENT}-sweep", name)
+    exp = c.get_run(parent).info.experiment_id
+    before = {r.data.tags["radimagenet.run_name"]: r for r in c.search_runs(
+        [exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")}
+    finished = {n for n, r in before.items() if r.info.status == "FINISHED"}
+    assert len(before) == 4 and len(finished) == 3, {n: r.info.status for n, r in before.items()}
+
+    monkeypatch.delenv("RADIMAGENET_FAULT_KILL")
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "3 finished before" in out and "## Test AUC per setting" in out and "p (patient bootstrap)" in out
+    after = {r.data.tags["radimagenet.run_name"]: r for r in c.search_runs(
+        [exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")}
+    assert len(after) == 4 and all(r.info.status == "FINISHED" for r in after.values())
+    assert all(after[n].info.run_id == before[n].info.run_id for n in before)  # the killed one resumed its run
+    for n in finished:  # skipped: not run again
+        assert after[n].info.end_time == before[n].info.end_time
+
+    run = c.get_run(parent)
+    assert run.info.status == "FINISHED" and run.data.tags["radimagenet.kind"] == "sweep"
+    files = {a.path for a in c.list_artifacts(parent, "sweep")}
+    assert {"sweep/summary.md", "sweep/settings.csv", "sweep/runs.csv", "sweep/auc.png", "sweep/table.csv",
+            "sweep/pairwise.csv"} <= files, files
+    m = run.data.metrics
+    backbone = data["backbone"].replace("@", "-")
+    assert 0 <= m[f"{backbone}/test/auc_mean"] <= 1 and 0 <= m["scratch/test/auc_mean"] <= 1
+    assert 0 <= m["scratch/p_bootstrap"] <= 1 and 0 <= m["scratch/p_ttest"] <= 1
