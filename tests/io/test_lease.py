@@ -120,3 +120,14 @@ def test_hold_renews_and_releases(stack_env):
         with pytest.raises(lease.LeaseHeld):  # renewed: never stale while held
             lease.acquire(uri, purpose="ingest", ttl_s=4.0)
     assert not storage.exists(uri)
+
+
+def test_a_holder_taken_over_never_deletes_the_new_lease(stack_env):
+    """release() is a conditional delete (If-Match on its own etag): SeaweedFS must refuse it here."""
+    uri = _uri("release")
+    old = lease.acquire(uri, purpose="ingest")
+    new = lease.acquire(uri, purpose="ingest", take_over=True)
+    old.release()  # no renew first: the DELETE with the stale etag reaches the server
+    assert storage.read_json(uri)["lease_id"] == new.body["lease_id"]
+    new.release()
+    assert not storage.exists(uri)

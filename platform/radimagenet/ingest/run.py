@@ -293,6 +293,7 @@ def _write(cfg: IngestConfig, rows: list[InputRow], classes: list[str], secret: 
     bar = _progress(len(rows), len(rows) - len(pending), progress)
     try:
         for results in run_chunks(_chunks(pending, cfg.chunk_size), ctx, cfg.workers):
+            held.check()  # a writer whose lease was taken over stops here, aborting its own uploads
             for res in results:
                 state.handle(res, writers)
             bar.update(len(results))

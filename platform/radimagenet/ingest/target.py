@@ -91,8 +91,8 @@ def preflight(cfg: IngestConfig, fingerprint: dict, held: lease.Lease) -> tuple[
             f"an unfinished ingest at {cfg.out} used different settings ({', '.join(changed)}); re-run it "
             f"with the same arguments to finish it, or choose another --out"
         )
-    if not held.forced:  # the uploads left there belong to a holder that is gone; one taken over by
-        storage.abort_multipart_uploads(out)  # --take-over may still be alive and aborts its own
+    if held.previous is None or held.previous_dead:  # uploads left by an ingest that is gone; a holder
+        storage.abort_multipart_uploads(out)  # that merely stopped renewing may be alive: never abort its uploads
     return records, dropped
 
 

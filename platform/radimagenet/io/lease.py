@@ -18,6 +18,7 @@ import getpass
 import json
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -105,9 +106,18 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
 def holder_is_dead(body: dict) -> bool:
-    """True when the holder ran on this machine (same host and boot) and its process is gone."""
-    if body.get("host") != socket.gethostname() or body.get("boot_id") != _boot_id() or not _boot_id():
+    """True when the holder ran on this machine (same host, boot and PID namespace: containers sharing the
+    host name have their own PIDs) and its process is gone."""
+    if (body.get("host") != socket.gethostname() or body.get("boot_id") != _boot_id() or not _boot_id()
+            or body.get("pid_ns") != _pid_namespace() or not _pid_namespace()):
         return False
     pid = body.get("pid")
     return isinstance(pid, int) and not _pid_alive(pid)
@@ -123,14 +133,17 @@ def describe(body: dict, age_s: float) -> str:
 
 @dataclass
 class Lease:
-    """A lease this process holds. ``previous`` is the body of a stale lease it took over (or None)."""
+    """A lease this process holds. ``previous`` is the body of the lease it took over (or None);
+    ``previous_dead``: that holder's process was seen gone on this machine (its uploads may be aborted)."""
 
     uri: S3Uri
     body: dict
     etag: str
     previous: dict | None = None
     forced: bool = False
+    previous_dead: bool = False
     _lost: str | None = None
+    _last_ok: float = field(default_factory=time.monotonic)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def renew(self) -> None:
@@ -142,13 +155,20 @@ class Lease:
             etag = _put(self.uri, body, IfMatch=self.etag)
             if etag is None:
                 now = stat(self.uri)
-                self._lost = (f"the lease {self.uri} was taken over"
-                              + (f": now {describe(now.body, now.age_s)}" if now else " and released"))
-            else:
-                self.body, self.etag = body, etag
+                if now is not None and now.body.get("lease_id") == self.body["lease_id"]:
+                    etag = now.etag  # our own put went through and its response was lost; the retry got 412
+                else:
+                    self._lost = (f"the lease {self.uri} was taken over"
+                                  + (f": now {describe(now.body, now.age_s)}" if now else " and released"))
+                    return
+            self.body, self.etag, self._last_ok = body, etag, time.monotonic()
 
     def check(self) -> None:
-        """Raise :class:`LeaseLost` when another process took the lease over."""
+        """Raise :class:`LeaseLost` when another process took the lease over, or when it has not been
+        renewed for half its time to live (another process may take it over soon)."""
+        ttl = float(self.body.get("ttl_s", DEFAULT_TTL_S))
+        if not self._lost and time.monotonic() - self._last_ok > ttl / 2:
+            self._lost = f"the lease {self.uri} could not be renewed for {time.monotonic() - self._last_ok:.0f} s"
         if self._lost:
             raise LeaseLost(f"{self._lost}; this process stops writing (its own unfinished uploads are aborted)")
 
@@ -176,7 +196,7 @@ def acquire(uri: S3Uri, purpose: str, ttl_s: float = DEFAULT_TTL_S, take_over: b
     holder ran on this machine and its process is gone, or when ``take_over`` is set."""
     body = {
         "holder": f"{getpass.getuser()}@{socket.gethostname()}", "host": socket.gethostname(),
-        "boot_id": _boot_id(), "pid": os.getpid(), "purpose": purpose, "lease_id": uuid.uuid4().hex,
+        "boot_id": _boot_id(), "pid_ns": _pid_namespace(), "pid": os.getpid(), "purpose": purpose, "lease_id": uuid.uuid4().hex,
         "started": _now(), "heartbeat": _now(), "ttl_s": ttl_s,
     }
     for _ in range(5):  # a lease released or renewed between our calls: look again
@@ -186,7 +206,13 @@ def acquire(uri: S3Uri, purpose: str, ttl_s: float = DEFAULT_TTL_S, take_over: b
         now = stat(uri)
         if now is None:
             continue
-        stale = now.age_s > float(now.body.get("ttl_s", ttl_s)) or holder_is_dead(now.body)
+        if now.body.get("lease_id") == body["lease_id"]:  # our put went through; its retry got 412
+            return Lease(uri, body, now.etag)
+        dead = holder_is_dead(now.body)
+        try:
+            stale = dead or now.age_s > float(now.body.get("ttl_s", ttl_s))
+        except (TypeError, ValueError):  # a lease object we cannot read is nobody's live lease
+            stale = True
         if not (stale or take_over):
             raise LeaseHeld(
                 f"another {now.body.get('purpose', 'writer')} is writing to {uri.bucket}/{uri.key.rsplit('/', 1)[0]}: "
@@ -195,7 +221,7 @@ def acquire(uri: S3Uri, purpose: str, ttl_s: float = DEFAULT_TTL_S, take_over: b
             )
         etag = _put(uri, body, IfMatch=now.etag)
         if etag is not None:
-            return Lease(uri, body, etag, previous=now.body, forced=not stale)
+            return Lease(uri, body, etag, previous=now.body, forced=not stale, previous_dead=dead)
     raise LeaseHeld(f"could not take the lease {uri}: it changed hands five times while we tried; try again")
 
 
@@ -207,14 +233,12 @@ def hold(uri: S3Uri, purpose: str, ttl_s: float = DEFAULT_TTL_S, take_over: bool
     stop = threading.Event()
 
     def beat() -> None:
-        last_ok = time.monotonic()
         while not stop.wait(ttl_s / 4):
             try:
                 held.renew()
-                last_ok = time.monotonic()
-            except StorageError as exc:  # S3 unreachable for a moment: keep trying until the lease expires
-                if time.monotonic() - last_ok > ttl_s:
-                    held._lost = f"the lease {uri} could not be renewed for {ttl_s:.0f} s ({exc})"
+            except Exception as exc:  # noqa: BLE001 - S3 unreachable for a moment: check() says when it is too long
+                if time.monotonic() - held._last_ok > ttl_s / 2:
+                    held._lost = f"the lease {uri} could not be renewed for {ttl_s / 2:.0f} s ({exc})"
             if held._lost:
                 return
 
@@ -225,7 +249,11 @@ def hold(uri: S3Uri, purpose: str, ttl_s: float = DEFAULT_TTL_S, take_over: bool
     finally:
         stop.set()
         thread.join()
-        held.release()
+        try:
+            held.release()
+        except StorageError as exc:  # the lease expires by itself; never hide the outcome of the work
+            print(f"radimagenet: warning: could not release {uri} ({exc}); it expires in {ttl_s:.0f} s",
+                  file=sys.stderr)
 
 
 def lease_uri(prefix: str | S3Uri) -> S3Uri:
