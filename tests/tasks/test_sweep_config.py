@@ -61,10 +61,18 @@ def test_clear_errors():
         load_sweep(None, [*BASE, "init=scratch", "grid.train.lr=1e-3,-1"])
     with pytest.raises(ConfigError, match="grid.cases must be a list"):
         load_sweep(None, [*BASE, "init=scratch", "grid.cases=3"])
-    with pytest.raises(ConfigError, match="same values"):
+    with pytest.raises(ConfigError, match="grid.train.seed lists a value twice"):
         load_sweep(None, [*BASE, "init=scratch", "grid.train.seed=1,1"])
+
+
+def test_scratch_trials_are_not_repeated_per_backbone_and_gpu_trials_get_a_gpu():
+    spec = load_sweep(PAPER, ["data.manifest=s3://b/ds", "sweep.name=p", "grid.init=backbone,scratch"])
+    scratch = [t for t in spec.trials if t.config.init == "scratch"]
+    assert len(scratch) == 6 and len(spec.trials) == 30  # 24 backbone settings + 6 cases from scratch
+    assert all("backbone" not in t.values for t in scratch)
+    assert spec.sweep.gpus_per_trial == 1.0  # the preset trains with scaling.use_gpu
 
 
 def test_long_trial_names_are_cut_with_a_hash():
     name = trial_name("s" * 100, {"a.b": "x" * 50, "c": 1})
-    assert len(name) <= 140 and name != trial_name("s" * 100, {"a.b": "x" * 50, "c": 2})
+    assert len(name) <= 128 and name != trial_name("s" * 100, {"a.b": "x" * 50, "c": 2})

@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="seeds per initialisation (paired across them)")
     parser.add_argument("--config", help="fine-tuning preset (e.g. pipelines/finetune-classification.yaml)")
     parser.add_argument("--reference", help="the initialisation the others are tested against (default: the first)")
-    parser.add_argument("--run-name", default="", help="parent run name (children: <name>-<init>-s<seed>)")
+    parser.add_argument("--run-name", default="", help="parent run name (children: <name>-init_<init>-seed_<seed>); the same name resumes, skipping finished runs")
     parser.add_argument("--in-process", action="store_true", help="run every fine-tuning in this process (no Ray)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="fine-tuning overrides for every run, e.g. model.arch=resnet50 train.epochs=20")

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from radimagenet.config import from_dict, to_dict
-from radimagenet.errors import ConfigError
 from radimagenet.io import storage, tracking
 from radimagenet.tasks import sweep_report
 from radimagenet.tasks.sweep_config import SweepSpec, Trial, slug
@@ -56,8 +55,14 @@ def sweep(spec: SweepSpec, *, artifact_prefix: str = "sweep", tags: dict[str, st
     from radimagenet.tasks import finetune as ft
 
     first = spec.trials[0].config
+    pinned: dict[str, str] = {}  # NAME@alias -> NAME/VERSION once: every trial (and a resume) uses one version
     for trial in _one_per_init(spec.trials):  # every init checked (backbone exists, weights) before any run
-        ft.preflight(trial.config)
+        _, _, _, tags_ = ft.preflight(trial.config)
+        if trial.config.init == "backbone":
+            pinned[trial.config.backbone] = tags_["radimagenet.backbone"]
+    spec = dataclasses.replace(spec, trials=[
+        dataclasses.replace(t, config=dataclasses.replace(t.config, backbone=pinned[t.config.backbone]))
+        if t.config.init == "backbone" else t for t in spec.trials])
     uri = tracking.tracking_uri(first.tracking.uri)
     parent, resumed = tracking.start_or_resume_run(
         uri, first.tracking.experiment, spec.sweep.name,
@@ -65,7 +70,8 @@ def sweep(spec: SweepSpec, *, artifact_prefix: str = "sweep", tags: dict[str, st
     try:
         tracking.log_params(uri, parent, {"sweep." + k: v for k, v in to_dict(spec.sweep).items()}
                             | {"grid." + k: str(v)[:5000] for k, v in spec.axes.items()}
-                            | {"trials": len(spec.trials), "data.manifest": first.data.manifest})
+                            | {"trials": len(spec.trials), "data.manifest": first.data.manifest}
+                            | {f"pinned.{ref}": version for ref, version in pinned.items()})
         done = {t.name: run_id for t in spec.trials if (run_id := finished_run(uri, t))}
         pending = [dataclasses.replace(t, config=_nested(t.config, parent)) for t in spec.trials if t.name not in done]
         if done:
@@ -100,15 +106,16 @@ def _nested(cfg: Any, parent: str) -> Any:
     return dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, parent_run_id=parent))
 
 
-def run_trial(config: dict[str, Any]) -> dict[str, Any]:
-    """One trial (a Ray Tune function trainable, or called here): fine-tune in this process."""
+def run_trial(config: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """One trial (a Ray Tune function trainable, or called here): fine-tune in this process. ``env``: the
+    driver's settings for workers (through the object store, never into Tune's stored trial params)."""
     import torch
 
     from radimagenet.tasks.finetune import finetune
     from radimagenet.tasks.finetune_config import FinetuneConfig
 
-    os.environ.update(config.get("env", {}))
     torch.set_num_threads(max(1, int(config.get("cpus", 1))))
+    os.environ.update(env or {})
     res = finetune(from_dict(FinetuneConfig, config["finetune"]), in_process=True)
     return {"test_auc": float(res.metrics.get("test/auc", float("nan"))), "run_id": res.run_id}
 
@@ -121,16 +128,16 @@ def _run_trials(trials: list[Trial], spec: SweepSpec) -> list[str]:
         for t in trials:
             try:
                 run_trial({"finetune": to_dict(t.config), "cpus": s.cpus_per_trial})
-            except (TrainingError, ConfigError, RuntimeError) as exc:
-                failed.append(f"{t.name}: {str(exc).splitlines()[-1][:300] if str(exc) else type(exc).__name__}")
+            except Exception as exc:  # noqa: BLE001 - one trial's failure is reported, the others run
+                failed.append(f"{t.name}: {_last_line(exc)}")
         return failed
     from ray import tune
 
     from radimagenet.io.cluster import connect, worker_env
 
-    trainable = tune.with_resources(run_trial, {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial})
-    space = {"finetune": tune.grid_search([to_dict(t.config) for t in trials]), "cpus": s.cpus_per_trial,
-             "env": worker_env()}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, env=worker_env()),
+                                    {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial})
+    space = {"finetune": tune.grid_search([to_dict(t.config) for t in trials]), "cpus": s.cpus_per_trial}
     fs, path = storage.arrow_filesystem(trials[0].config.checkpoint.storage_path)  # Tune's state beside checkpoints
     with connect():
         tuner = tune.Tuner(
@@ -139,5 +146,10 @@ def _run_trials(trials: list[Trial], spec: SweepSpec) -> list[str]:
             run_config=tune.RunConfig(name=f"sweep-{slug(s.name)}", storage_path=path, storage_filesystem=fs,
                                       verbose=1, failure_config=tune.FailureConfig(max_failures=0)))
         grid = tuner.fit()
-        return [f"{r.config['finetune']['tracking']['run_name']}: {str(r.error).strip().splitlines()[-1][:300]}"
+        return [f"{r.config['finetune']['tracking']['run_name']}: {_last_line(r.error)}"
                 for r in grid if r.error is not None]
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else type(exc).__name__

@@ -47,6 +47,7 @@ class Trial:
     values: dict[str, Any]
     config: Any
     setting: str = ""  # the values other than the seed: trials of one setting differ only by seed
+    init: str = ""  # what it starts from, as given: a registry reference (NAME@alias), scratch or imagenet
 
 
 @dataclass
@@ -99,14 +100,17 @@ def _label(values: dict[str, Any], skip: tuple[str, ...] = ()) -> str:
     return ",".join(f"{k}={v}" for k, v in values.items() if k not in skip)
 
 
+MAX_NAME = 128  # run names are cut there (tracking.run_name); a trial name never is
+
+
 def trial_name(sweep_name: str, values: dict[str, Any]) -> str:
-    """``<sweep>-<key_value>-...`` (short keys), cut to 140 characters with a hash when longer."""
+    """``<sweep>-<key_value>-...`` (short keys); longer than 128 characters: cut, with a hash of the whole."""
     parts = [slug(f"{k.rsplit('.', 1)[-1]}_{v}") for k, v in values.items()]
-    name = "-".join([sweep_name, *parts])
-    if len(name) <= 140:
+    name = "-".join([slug(sweep_name), *parts])
+    if len(name) <= MAX_NAME:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:10]
-    return f"{name[:128]}-{digest}"
+    return f"{name[:MAX_NAME - 11]}-{digest}"
 
 
 def expand(spec: SweepSpec) -> list[Trial]:
@@ -114,6 +118,10 @@ def expand(spec: SweepSpec) -> list[Trial]:
     from radimagenet.tasks.finetune_config import FinetuneConfig, validate
 
     keys = list(spec.axes)
+    for key in keys:
+        values = spec.axes[key]
+        if len({repr(v) for v in values}) != len(values):
+            raise ConfigError(f"grid.{key} lists a value twice ({values}): drop the duplicate")
     trials, names = [], set()
     for combo in itertools.product(*(spec.axes[k] for k in keys)):
         values: dict[str, Any] = {}
@@ -122,11 +130,12 @@ def expand(spec: SweepSpec) -> list[Trial]:
         overrides = dict(values)
         init = overrides.pop("init", spec.base.get("init", "backbone"))
         overrides |= _init_values(init)
-        if overrides["init"] != "backbone":
-            overrides["backbone"] = ""
+        if overrides["init"] != "backbone":  # a scratch or imagenet trial ignores the backbone axis:
+            overrides["backbone"] = ""  # one trial, not one per backbone
+            values.pop("backbone", None)
         name = trial_name(spec.sweep.name, values)
         if name in names:
-            raise ConfigError(f"two trials of the grid have the same values ({_label(values)}): drop the duplicate")
+            continue
         names.add(name)
         data = apply_overrides(spec.base, [f"{k}={_yaml(v)}" for k, v in overrides.items()])
         data["tracking"]["run_name"] = name
@@ -134,7 +143,8 @@ def expand(spec: SweepSpec) -> list[Trial]:
             cfg = validate(from_dict(FinetuneConfig, data))
         except ConfigError as exc:
             raise ConfigError(f"trial {_label(values)}: {exc}") from None
-        trials.append(Trial(name, values, cfg, _label(values, ("train.seed",)) or "all"))
+        trials.append(Trial(name, values, cfg, _label(values, ("train.seed",)) or "all",
+                            cfg.backbone if cfg.init == "backbone" else cfg.init))
     return trials
 
 
@@ -153,6 +163,9 @@ def load_sweep(path: str | Path | None, overrides: list[str]) -> SweepSpec:
         raise ConfigError("sweep.name is required: the parent run's name (the same name resumes the sweep)")
     if sweep.cpus_per_trial <= 0 or sweep.gpus_per_trial < 0 or sweep.max_concurrent < 0:
         raise ConfigError("sweep.cpus_per_trial must be > 0, sweep.gpus_per_trial and sweep.max_concurrent >= 0")
+    scaling = (data.get("scaling") or {})
+    if scaling.get("use_gpu") and not sweep.gpus_per_trial:  # each trial is one process on one device
+        sweep = dataclasses.replace(sweep, gpus_per_trial=1.0)
     grid = data.pop("grid", None) or {}
     if not isinstance(grid, dict):
         raise ConfigError("grid must be a mapping of fine-tuning keys to lists of values")
@@ -172,6 +185,5 @@ def load_sweep(path: str | Path | None, overrides: list[str]) -> SweepSpec:
 
 
 def init_of(trial: Trial) -> str:
-    """What a trial starts from, as tables name it: the backbone reference, ``scratch`` or ``imagenet``."""
-    cfg = trial.config
-    return cfg.backbone if cfg.init == "backbone" else cfg.init
+    """What a trial starts from, as tables name it: the backbone reference as given, ``scratch`` or ``imagenet``."""
+    return trial.init

@@ -1,6 +1,7 @@
 """The sweep's summary: per-trial results read back from MLflow, per-setting rows, paired tests against
-the reference init, and the parent run's artifacts (``sweep/table.csv|md``, ``sweep/trials.csv``,
-``sweep/pairwise.csv``, ``sweep/auc.png``) and metrics (``<setting>/test/auc_mean``, ...).
+the reference init, and the parent run's artifacts (``sweep/summary.md``, ``settings.csv``, ``runs.csv``,
+``auc.png``; with paired tests ``table.md``, ``table.csv``, ``pairwise.csv``) and metrics
+(``<init>/test/auc_mean``, ... , prefixed by the group when there are several).
 
 Trials that differ only in their init (and seed) form a *group*; within a group, seed ``i`` of every
 init shares the data order and the test set, so the tests are paired: a paired t-test over seeds on the
