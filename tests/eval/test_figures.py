@@ -74,3 +74,15 @@ def test_prediction_overlay(tmp_path) -> None:
     assert tuple(rgb[8, 8]) == (0, 255, 0)  # true outline at (4, 4) -> pixel (8, 8) at scale 2
     with pytest.raises(ConfigError, match="differ in shape"):
         fig.prediction_overlay_png(img, pred[:, :8], true)
+
+
+def test_training_curves(tmp_path) -> None:
+    from PIL import Image
+
+    series = {"train/loss": [(s, 2.0 / (1 + s)) for s in range(0, 60, 2)], "val/loss": [(30, 0.4), (60, 0.3)],
+              "val/auc": []}
+    data = fig.curves_png(series, tmp_path / "loss.png", title="loss by optimizer step", ylabel="loss")
+    assert data.startswith(PNG) and (tmp_path / "loss.png").read_bytes() == data
+    with Image.open(tmp_path / "loss.png") as im:
+        assert im.width > 300 and im.height > 200
+    assert fig.curves_png({}, None).startswith(PNG)  # nothing logged yet: an empty frame, no error

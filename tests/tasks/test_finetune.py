@@ -9,6 +9,7 @@ pretrained backbone against scratch over 5 seeds, and bad inputs that must fail 
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,7 +68,7 @@ def artifacts(run_id: str, path: str = "") -> list[str]:
     return out
 
 
-def test_classification_on_two_ray_workers_with_gradcam(data, tmp_path):
+def test_classification_on_two_ray_workers_with_gradcam(data, tmp_path, capsys):
     from radimagenet.tasks.finetune import finetune
 
     run_name = f"cls-{uuid.uuid4().hex[:6]}"
@@ -98,7 +99,70 @@ def test_classification_on_two_ray_workers_with_gradcam(data, tmp_path):
             "model/model.safetensors", "model/backbone.json"} <= set(files), files
     assert len([f for f in files if "gradcam" in f]) == 4 and "plots/reliability.png" in files
     check_statistics_from_predictions(result.run_id, m, run.data.metrics)
+    # rank 0's system metrics, and the curves the driver drew at the end
+    assert "system/cpu_utilization_percentage" in run.data.metrics
+    assert {"plots/loss_curves.png", "plots/accuracy_curves.png"} <= set(files), files
+    check_registered(data, result, tags, tmp_path, capsys)
     print(f"\n[classification] {result.metrics}")
+
+
+def check_registered(data: dict, result, run_tags: dict, tmp_path: Path, capsys) -> None:
+    """The run registered its model once, by the driver: a fine-tuned version with the backbone's record
+    fields, its task, the fine-tuning dataset's decode settings, lineage and card; `registry show` and
+    `list` print it apart from the backbones; `predict` runs it."""
+    from mlflow.tracking import MlflowClient
+
+    from helpers_models import mixed_inputs, probabilities, read_csv
+    from radimagenet.cli import main
+    from radimagenet.dataset.format import load_manifest
+    from radimagenet.models import registry
+    from radimagenet.models.record import decode_settings
+
+    name, version = result.registry_name, result.version
+    assert name == "radimagenet-ft-downstream-classification" and version, result  # the default name
+    c = MlflowClient()
+    rm = c.get_registered_model(name)
+    assert rm.tags["radimagenet.kind"] == "finetuned" and rm.aliases["candidate"] == version
+    mv = c.get_model_version(name, version)
+    assert mv.run_id == result.run_id and mv.tags["backbone"] == result.backbone and mv.tags["task"] == "classification"
+    assert mv.tags["backbone_dataset_digest"] == run_tags["radimagenet.backbone_dataset_digest"]
+    assert mv.tags["dataset_digest"] == run_tags["radimagenet.dataset_digest"]
+    assert float(mv.tags["test/auc"]) == pytest.approx(result.metrics["test/auc"], abs=1e-4)
+    assert len([v for v in c.search_model_versions(f"name = '{name}'") if v.run_id == result.run_id]) == 1
+
+    downstream = load_manifest(data["downstream"])
+    info = registry.describe(f"{name}/{version}")
+    rec = info["record"]
+    assert (rec.task, rec.classes, rec.dataset_digest) == ("classification", downstream["classes"], downstream["digest"])
+    assert rec.ingest == decode_settings(downstream) and rec.arch == ARCH and rec.input_size == (3, SIZE, SIZE)
+    assert rec.source["backbone"] == result.backbone and rec.source["run_id"] == result.run_id
+    assert rec.metrics["test/auc"] == pytest.approx(result.metrics["test/auc"])
+    card = info["card"]
+    assert card.startswith(f"# Model card: {name}") and "Research only: not a medical device" in card
+    assert downstream["digest"] in card and mv.tags["backbone_dataset_digest"] in card and "split unit: **patient**" in card
+    assert f"runs:/{result.run_id}/gradcam/gradcam_000_" in card and "**test AUC" in card
+    backbone = registry.describe(data["backbone"])
+    assert backbone["kind"] == "backbone" and "pretrained backbone" in backbone["card"]
+
+    capsys.readouterr()
+    assert main(["registry", "show", f"{name}/{version}"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{name} version {version} (finetuned, classification)")
+    assert "lineage:" in out and re.search(rf"^  backbone\s+{re.escape(result.backbone)}$", out, re.M)
+    assert re.search(r"^  test/auc_ci_low\s+0\.\d+", out, re.M)
+    assert f"# Model card: {name}" in out
+    assert main(["registry", "list"]) == 0
+    backbones, finetuned = capsys.readouterr().out.split("Fine-tuned models:")
+    assert "Backbones (pretrained):" in backbones and data["backbone"].split("@")[0] in backbones
+    assert name not in backbones and re.search(rf"^{re.escape(name)}\s+{version}\s.*{re.escape(result.backbone)}",
+                                               finetuned, re.M)
+
+    folder, kinds = mixed_inputs(tmp_path / "predict", dicoms=3)
+    out_csv = tmp_path / "predictions.csv"
+    assert main(["predict", f"models:/{name}/{version}", str(folder), "--out", str(out_csv), "--no-progress"]) == 0
+    rows = [r for r in read_csv(out_csv) if not r["error"]]
+    assert len(rows) == len([k for k in kinds.values() if k != "broken"]) and rows[0]["predicted"] in rec.classes
+    assert np.allclose(probabilities(rows, rec.classes).sum(axis=1), 1.0, atol=1e-5)
 
 
 def check_statistics_from_predictions(run_id: str, m: dict, logged: dict) -> None:
@@ -128,13 +192,25 @@ def test_segmentation_unet_on_the_registered_encoder(data, tmp_path):
 
     run_name = f"seg-{uuid.uuid4().hex[:6]}"
     result = finetune(config(data, run_name, tmp_path, task="segmentation", **{
-        "train.epochs": 1, "train.batch_size": 16, "eval.overlay_samples": 3}), in_process=True)
+        "train.epochs": 1, "train.batch_size": 16, "eval.overlay_samples": 3, "registry.name": f"test-seg-{run_name}"}),
+        in_process=True)
     m = result.metrics
     assert 0 <= m["test/dice"] <= 1 and m["test/n_images"] > 0 and "test/dice_lesion" in m, m
     [run] = runs_named(run_name)
     assert "test/dice" in run.data.metrics and run.data.tags["radimagenet.task"] == "segmentation"
     files = artifacts(result.run_id)
     assert len([f for f in files if f.startswith("overlays/segmentation_")]) == 3, files
+    # registered as a segmentation model (named by registry.name); a re-run of the finished run adds no version
+    name = f"test-seg-{run_name}"
+    again = finetune(config(data, run_name, tmp_path, task="segmentation", **{
+        "train.epochs": 1, "train.batch_size": 16, "eval.overlay_samples": 3, "registry.name": name}), in_process=True)
+    assert again.resumed and again.run_id == result.run_id and result.version == "1" and again.version == "1"
+    from radimagenet.models import registry
+
+    assert [r["version"] for r in registry.list(name)] == ["1"] and registry.list(name)[0]["kind"] == "finetuned"
+    info = registry.describe(f"{name}@candidate")
+    assert info["record"].task == "segmentation" and "**test Dice" in info["card"]
+    assert "## Prediction overlays" in info["card"] and f"runs:/{result.run_id}/overlays/segmentation_000_" in info["card"]
     print(f"\n[segmentation] {m}")
 
 

@@ -62,6 +62,12 @@ def test_grid_overrides_and_resolve():
     assert c.data.manifest == "s3://b/ds/manifest.json" and c.data.image_size == 64
     assert c.tracking.run_name.startswith("finetune-classification-bb-champion-")
     assert resolve(cfg("data.image_size=256"), manifest()).data.image_size == 256
+    # every fine-tuning registers its model: by default one registered model per dataset and task
+    assert c.registry.name == "radimagenet-ft-ds-classification" and c.registry.alias == "candidate"
+    assert c.registry.register and c.tracking.system_metrics_interval == 10
+    seg = resolve(cfg("task=segmentation", "data.manifest=s3://b/data sets/lesions v2/"), manifest())
+    assert seg.registry.name == "radimagenet-ft-lesions-v2-segmentation"
+    assert resolve(cfg("registry.name=my-model"), manifest()).registry.name == "my-model"
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -72,6 +78,9 @@ def test_grid_overrides_and_resolve():
     (["eval.threshold_rule=median"], "threshold_rule"),
     (["data.mean=[0.1, 0.2]"], "data.mean"),
     (["tracking.run_name=bad name"], "run_name"),
+    (["registry.name=a/b"], "registry.name 'a/b' must be letters"),
+    (["registry.alias="], "registry.alias '' must be letters"),
+    (["tracking.system_metrics_interval=-1"], "system_metrics_interval must be >= 0"),
 ])
 def test_invalid_configs_are_clear_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -159,7 +159,9 @@ def test_two_workers_learn_survive_a_killed_worker_and_register(manifest_uri, tm
     model2, _ = backbones.load(f"{result.registry_name}@champion", num_classes=3)
     assert model2.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
     rows = backbones.list(result.registry_name)
-    assert rows[0]["aliases"] == ["candidate", "champion"] and rows[0]["arch"] == ARCH
+    assert rows[0]["aliases"] == ["candidate", "champion"] and rows[0]["arch"] == ARCH and rows[0]["kind"] == "backbone"
+    card = backbones.describe(f"{result.registry_name}/1")["card"]
+    assert "pretrained backbone" in card and run.data.tags["radimagenet.dataset_digest"] in card and "val/accuracy" in card
 
     # re-running the finished job changes nothing: same run, no new version
     again = pretrain(config(manifest_uri, run_name))
@@ -244,10 +246,18 @@ def test_in_process_run_for_notebooks(manifest_uri, tmp_path, capsys):
     run_name = f"inproc-{uuid.uuid4().hex[:6]}"
     result = pretrain(config(image_split, run_name, **{
         "train.epochs": 1, "scaling.num_workers": 1, "checkpoint.storage_path": str(tmp_path / "ckpt"),
-        "registry.register": False}), in_process=True)
+        "registry.register": False, "tracking.system_metrics_interval": 1}), in_process=True)
     assert result.metrics["epoch"] == 1 and result.version is None
     assert (tmp_path / "ckpt" / run_name / "checkpoint_epoch-000000" / "model.safetensors").is_file()
     (run,) = runs_named(run_name)
     assert run.data.tags["radimagenet.split_unit"] == "image"
     assert run.data.tags["radimagenet.warning.split_unit"].startswith("dataset is split image by image")
     assert "[radimagenet] warning: dataset is split image by image" in capsys.readouterr().err
+    # MLflow system metrics of the training process, sampled every second, and the curves drawn at the end
+    from mlflow.tracking import MlflowClient
+
+    cpu = MlflowClient().get_metric_history(result.run_id, "system/cpu_utilization_percentage")
+    assert len(cpu) >= 2 and all(0 <= m.value <= 100 for m in cpu), cpu
+    assert "system/system_memory_usage_megabytes" in run.data.metrics
+    plots = {a.path for a in MlflowClient().list_artifacts(result.run_id, "plots")}
+    assert plots == {"plots/loss_curves.png", "plots/accuracy_curves.png"}, plots

@@ -16,7 +16,7 @@ VERBS: dict[str, str] = {
     "ingest": "decode, de-identify, split and shard key images into WebDataset tars on S3",
     "dataset": "inspect or verify an ingested dataset, or find what two datasets share",
     "pretrain": "pretrain a backbone with Ray Train",
-    "registry": "list and promote registered backbones",
+    "registry": "list, show and promote registered models (backbones and fine-tuned models)",
     "finetune": "fine-tune a registered backbone downstream",
     "compare": "compare initialisations over several seeds",
     "sweep": "a grid of fine-tuning runs (inits, freeze, lr, seeds, label fractions) on Ray Tune",

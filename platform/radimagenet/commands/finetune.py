@@ -27,4 +27,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"run {result.run_name} ({'resumed' if result.resumed else 'new'}), MLflow run {result.run_id}, "
           f"initialisation {result.backbone}")
     print(summary_line(result.metrics))
+    if result.version:
+        print(f"registered {result.registry_name} version {result.version} @{cfg.registry.alias} "
+              f"(radimagenet registry show {result.registry_name}/{result.version})")
     return 0

@@ -1,10 +1,11 @@
 """Figures and image helpers: ROC curve, confusion matrix, reliability diagram, segmentation overlays,
-PNG encoding.
+training curves, PNG encoding.
 
     roc_curve_png(y_test, s_test, "roc.png", threshold=t)
     confusion_matrix_png(report["confusion_matrix"], ["neg", "pos"], "cm.png")
     reliability_diagram_png(probs_test, y_test, "reliability.png")
     prediction_overlay_png(image, pred_mask, true_mask, "seg.png")
+    curves_png({"train/loss": [(step, value), ...]}, "loss_curves.png", ylabel="loss")
 
 Figures use matplotlib (Agg, no pyplot state) when it is installed and fall back to plain PIL drawing
 otherwise. The image helpers (``as_grey_uint8``, ``mask_contour``, ``jet``, ``rgb_png``) are shared
@@ -277,4 +278,23 @@ def auc_intervals_png(labels: list[str], aucs: Any, lows: Any, highs: Any, path:
     ax.set_yticks(y, labels, fontsize=8)
     ax.axvline(0.5, ls="--", c="grey", lw=1)
     ax.set(xlabel="test AUC", xlim=(min(0.45, float(np.nanmin(lo, initial=0.45))), 1.0), title=title)
+    return _figure_png(fig, path)
+
+
+def curves_png(series: dict[str, Sequence[tuple[int, float]]], path: PathLike | None = None, *,
+               title: str = "", ylabel: str = "") -> bytes:
+    """PNG of training curves: one line per metric, ``(step, value)`` points against the optimizer step
+    (a series of one point is a marker); empty series are left out."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.subplots()
+    for name, points in series.items():
+        if len(points):
+            steps, values = zip(*points, strict=True)
+            ax.plot(steps, values, marker="o" if len(points) < 30 else None, ms=3, lw=1.2, label=name)
+    ax.set(xlabel="optimizer step", ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     return _figure_png(fig, path)

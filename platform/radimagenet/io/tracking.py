@@ -28,6 +28,9 @@ RUN_NAME_TAG = "radimagenet.run_name"
 BACKBONE_DIR = "backbone"  # artifact path of the registered backbone inside the run
 RECORD_FILE = "backbone.json"
 KIND_TAG = "radimagenet.kind"
+KINDS = ("backbone", "finetuned")  # a registered model's radimagenet.kind
+KIND_DESCRIPTIONS = {"backbone": "RadImageNet-style pretrained backbone",
+                     "finetuned": "a model fine-tuned from a RadImageNet-style backbone (or scratch, ImageNet)"}
 
 
 class TrackingError(RadImageNetError):
@@ -192,29 +195,42 @@ def register_backbone(
     alias: str = "candidate",
     tags: dict[str, str] | None = None,
     description: str = "",
+    kind: str = "backbone",
 ) -> str:
     """Log ``local_dir`` as the run's ``backbone/step-<step>/`` artifacts and register it as a new
-    version of ``name`` with ``alias``. Idempotent: a version already registered from ``run_id`` at
+    version of ``name`` (a registered model of ``kind``: ``backbone`` or ``finetuned``, its tag
+    ``radimagenet.kind``) with ``alias``. Idempotent: a version already registered from ``run_id`` at
     the same ``step`` tag is returned instead of a duplicate (a re-run of a finished job registers
     nothing new; a resumed job that trained further does). Returns the version number (string)."""
     c = client(uri)
     tags = {k: str(v) for k, v in (tags or {}).items()}
     try:
-        c.get_registered_model(name)
+        rm = c.get_registered_model(name)
     except Exception:  # noqa: BLE001 - not there yet
-        c.create_registered_model(
-            name, tags={KIND_TAG: "backbone"}, description="RadImageNet-style pretrained backbone"
-        )
-    for mv in _search_versions(c, f"name = '{name}'"):
-        if mv.run_id == run_id and mv.tags.get("step") == tags.get("step"):
-            c.set_registered_model_alias(name, alias, mv.version)
-            return str(mv.version)
+        c.create_registered_model(name, tags={KIND_TAG: kind}, description=KIND_DESCRIPTIONS.get(kind, ""))
+    else:
+        if rm.tags.get(KIND_TAG, "backbone") != kind:
+            raise TrackingError(f"registered model {name!r} holds {rm.tags.get(KIND_TAG, 'backbone')} models, not "
+                                f"{kind} ones: choose another registry.name")
+    existing = registered_version(uri, name, run_id, tags.get("step"))
+    if existing is not None:
+        c.set_registered_model_alias(name, alias, existing)
+        return existing
     artifact_path = f"{BACKBONE_DIR}/step-{tags['step']}" if "step" in tags else BACKBONE_DIR
     c.log_artifacts(run_id, local_dir, artifact_path)
     source = f"{c.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
     mv = c.create_model_version(name, source=source, run_id=run_id, tags=tags, description=description)
     c.set_registered_model_alias(name, alias, mv.version)
     return str(mv.version)
+
+
+def registered_version(uri: str, name: str, run_id: str, step: str | None) -> str | None:
+    """The version of ``name`` registered from ``run_id`` with the ``step`` tag ``step``, if any."""
+    try:
+        versions = _search_versions(client(uri), f"name = '{name}'")
+    except Exception:  # noqa: BLE001 - no such model yet
+        return None
+    return next((str(mv.version) for mv in versions if mv.run_id == run_id and mv.tags.get("step") == step), None)
 
 
 def _search_versions(c: Any, filter_string: str) -> list[Any]:
@@ -227,33 +243,30 @@ def _search_versions(c: Any, filter_string: str) -> list[Any]:
             return out
 
 
-def list_backbones(uri: str, name: str | None = None) -> list[dict[str, Any]]:
-    """Every registered backbone version (newest first per name) as plain dicts."""
+def list_backbones(uri: str, name: str | None = None, kinds: tuple[str, ...] = KINDS) -> list[dict[str, Any]]:
+    """Every registered version of the ``kinds`` of models (newest first per name) as plain dicts; ``kind``
+    says backbone or finetuned, ``accuracy``/``auc`` are validation (backbones) or test (fine-tuned) figures."""
     c = client(uri)
     if name:
         models = [_registered_model(c, name)]
     else:
-        models = [m for m in c.search_registered_models(max_results=1000) if m.tags.get(KIND_TAG) == "backbone"]
+        models = [m for m in c.search_registered_models(max_results=1000) if m.tags.get(KIND_TAG) in kinds]
     rows = []
     for rm in sorted(models, key=lambda m: m.name):
+        kind = rm.tags.get(KIND_TAG, "backbone")
+        split = "test" if kind == "finetuned" else "val"
         aliases_of: dict[str, list[str]] = {}
         for alias, version in (rm.aliases or {}).items():
             aliases_of.setdefault(str(version), []).append(alias)
         for mv in sorted(_search_versions(c, f"name = '{rm.name}'"), key=lambda v: -int(v.version)):
-            rows.append(
-                {
-                    "name": rm.name,
-                    "version": str(mv.version),
-                    "aliases": sorted(aliases_of.get(str(mv.version), [])),
-                    "arch": mv.tags.get("arch", ""),
-                    "dataset_digest": mv.tags.get("dataset_digest", ""),
-                    # versions registered before the metric names were unified carry the old tags
-                    "accuracy": mv.tags.get("val/accuracy", mv.tags.get("val/top1", "")),
-                    "auc": mv.tags.get("val/auc", mv.tags.get("val/auc_macro", "")),
-                    "run_id": mv.run_id,
-                    "source": mv.source,
-                }
-            )
+            t = mv.tags
+            rows.append({"name": rm.name, "version": str(mv.version), "kind": kind,
+                         "task": t.get("task", "classification"), "aliases": sorted(aliases_of.get(str(mv.version), [])), "arch": t.get("arch", ""),
+                         "dataset_digest": t.get("dataset_digest", ""), "backbone": t.get("backbone", ""),
+                         # versions registered before the metric names were unified carry the old tags
+                         "accuracy": t.get(f"{split}/accuracy", t.get("val/top1", "")),
+                         "auc": t.get(f"{split}/auc", t.get("val/auc_macro", "")), "dice": t.get("test/dice", ""),
+                         "run_id": mv.run_id, "source": mv.source})
     return rows
 
 
@@ -335,6 +348,40 @@ def download_backbone(uri: str, model_version: Any, dst: str | None = None) -> s
 def log_artifacts(uri: str, run_id: str, local_dir: str, artifact_path: str | None = None) -> None:
     """Upload the files under ``local_dir`` as the run's artifacts (under ``artifact_path``)."""
     client(uri).log_artifacts(run_id, local_dir, artifact_path)
+
+
+def download_run_artifacts(uri: str, run_id: str, artifact_path: str, dst: str) -> str:
+    """Download the run's ``artifact_path`` (a file or folder) into ``dst``; returns the local path."""
+    try:
+        return client(uri).download_artifacts(run_id, artifact_path, dst)
+    except Exception as exc:  # noqa: BLE001
+        raise TrackingError(f"run {run_id} has no artifact {artifact_path!r} ({_short(exc)})") from exc
+
+
+def list_run_artifacts(uri: str, run_id: str, path: str = "") -> list[str]:
+    """The paths of the run's artifact files directly under ``path``."""
+    return [a.path for a in client(uri).list_artifacts(run_id, path) if not a.is_dir]
+
+
+def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of every logged value of ``key``, in step order."""
+    return sorted((int(m.step), float(m.value)) for m in client(uri).get_metric_history(run_id, key))
+
+
+def version_text(uri: str, model_version: Any, names: tuple[str, ...]) -> str | None:
+    """The text of the first of ``names`` (paths inside the version's folder) that exists, else None."""
+    import mlflow.artifacts
+
+    with tempfile.TemporaryDirectory(prefix="radimagenet-version-") as tmp:
+        for name in names:
+            try:
+                local = mlflow.artifacts.download_artifacts(artifact_uri=f"{model_version.source.rstrip('/')}/{name}",
+                                                            dst_path=tmp, tracking_uri=uri)
+            except Exception:  # noqa: BLE001 - not in this layout; try the next
+                continue
+            with open(local) as f:
+                return f.read()
+    return None
 
 
 def download_text(uri: str, run_id: str, artifact_path: str) -> str:

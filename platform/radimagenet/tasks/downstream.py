@@ -24,6 +24,7 @@ from radimagenet.tasks.finetune_config import FinetuneConfig, TaskSpec
 
 PREDICTIONS_FILE = "predictions/test.csv"
 REPORT_FILE = "report/test_report.json"
+MODEL_DIR = "model"  # the fine-tuned weights and record among the run's artifacts (eval.log_model)
 
 
 @dataclass
@@ -185,15 +186,20 @@ def read_predictions(text: str) -> Predictions:
                        classes)
 
 
-def write_model(model: Any, record: Any, spec: TaskSpec, image_size: int, directory: str) -> None:
-    """The fine-tuned weights (safetensors) and a record with the downstream classes."""
+def write_model(model: Any, record: Any, spec: TaskSpec, manifest: dict, image_size: int, directory: str) -> None:
+    """The fine-tuned weights (safetensors) and their record: the downstream classes, the task, the
+    fine-tuning dataset's digest and decode settings (what ``predict`` decodes new files with), and
+    where the weights started (``source.init_record``: the initial record's source)."""
+    from radimagenet.models.record import decode_settings
     from radimagenet.models.weights import MODEL_FILE, save_weights
 
     os.makedirs(directory, exist_ok=True)
     save_weights(os.path.join(directory, MODEL_FILE), model)
     rec = dataclasses.replace(record, classes=list(spec.classes), num_classes=len(spec.classes),
-                              input_size=(record.in_chans, image_size, image_size))
-    rec.source = {**record.source, "finetuned_for": spec.task}
+                              input_size=(record.in_chans, image_size, image_size), task=spec.task,
+                              dataset_digest=str(manifest.get("digest", "")), ingest=decode_settings(manifest),
+                              metrics={})
+    rec.source = {"finetuned_for": spec.task, "init_record": dict(record.source)}
     with open(os.path.join(directory, tracking.RECORD_FILE), "w") as f:
         f.write(rec.to_json())
 
@@ -218,7 +224,7 @@ def save_report(cfg: FinetuneConfig, manifest: dict, model: Any, record: Any, sp
     with open(os.path.join(out_dir, REPORT_FILE), "w") as f:
         json.dump(metrics, f, indent=2)
     if cfg.eval.log_model:
-        write_model(model, record, spec, int(cfg.data.image_size or manifest["image_size"]),
-                    os.path.join(out_dir, "model"))
+        write_model(model, record, spec, manifest, int(cfg.data.image_size or manifest["image_size"]),
+                    os.path.join(out_dir, MODEL_DIR))
     if cfg.tracking.run_id:
         tracking.log_artifacts(tracking.tracking_uri(cfg.tracking.uri), cfg.tracking.run_id, out_dir)

@@ -10,7 +10,8 @@ task (:class:`~radimagenet.tasks.classify.ClassifyTask` or :class:`~radimagenet.
 through the training engine on every worker. Each epoch trains, evaluates the validation split and
 checkpoints (current + best weights), so a failed worker resumes; after the last epoch the best
 weights are tested and rank 0 logs the report, figures and per-sample predictions
-(``predictions/test.csv``) to the run.
+(``predictions/test.csv``) to the run. Then the driver registers the model (``registry.name``, default
+``radimagenet-ft-<dataset>-<task>``, alias ``registry.alias``) with its lineage and model card.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def train_worker(config: dict[str, Any], ctx: Any) -> dict[str, float]:
 @dataclass
 class FinetuneResult(RunResult):
     backbone: str = ""  # NAME/VERSION, or scratch / imagenet
+    registry_name: str = ""
+    version: str | None = None  # the registered version (None: registry.register or eval.log_model off)
 
 
 def preflight(cfg: FinetuneConfig) -> tuple[FinetuneConfig, dict, str, dict[str, str]]:
@@ -95,15 +98,19 @@ def _resolve_init(cfg: FinetuneConfig, uri: str) -> tuple[FinetuneConfig, dict[s
 
 def finetune(cfg: FinetuneConfig, *, in_process: bool = False) -> FinetuneResult:
     """Fine-tune (or resume) ``cfg`` in one MLflow run: preflight, params, dataset, train, test report."""
+    from radimagenet.tasks.register import register_finetuned
     from radimagenet.train.launch import launch, tracked_run
 
     cfg, manifest, uri, tags = preflight(cfg)
+    version = None
     with tracked_run(cfg, uri, manifest, tags, "finetune") as run:
         out = launch(train_worker, run.cfg, run.config, in_process=in_process, what="fine-tuning")
         # on Ray, the test report is rank 0's artifact (Ray's result holds the last report's metrics)
         metrics = out if in_process else json.loads(tracking.download_text(uri, run.run_id, REPORT_FILE))
+        if run.cfg.registry.register:  # once, here in the driver, after the run finished
+            version = register_finetuned(run.cfg, uri, run.run_id, manifest, tags, metrics)
     return FinetuneResult(run.run_id, run.cfg.tracking.run_name, run.resumed, metrics, run.config,
-                          tags["radimagenet.backbone"])
+                          tags["radimagenet.backbone"], run.cfg.registry.name, version)
 
 
 def summary_line(metrics: dict[str, float]) -> str:

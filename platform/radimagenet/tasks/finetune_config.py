@@ -22,12 +22,15 @@ from radimagenet.dataset.format import manifest_uri
 from radimagenet.errors import ConfigError
 from radimagenet.train.config import (
     CheckpointSection,
+    RegistrySection,
     ScalingSection,
     TrackingSection,
     TrainSection,
     train_problems,
 )
 
+# the validation metrics that can pick the kept epoch (and stop early), per task
+MONITORS = {"classification": ("val/loss", "val/auc", "val/accuracy"), "segmentation": ("val/loss", "val/dice")}
 NEGATIVE_NAMES = ("normal", "negative", "healthy", "no_finding", "none")
 THRESHOLD_RULE = re.compile(r"youden|closest|(sensitivity|specificity)=(0(\.\d+)?|1(\.0+)?)")
 
@@ -103,6 +106,7 @@ class FinetuneConfig:
     scaling: ScalingSection = field(default_factory=lambda: ScalingSection(max_failures=1))
     tracking: TrackingSection = field(default_factory=lambda: TrackingSection(experiment="radimagenet-finetune"))
     checkpoint: CheckpointSection = field(default_factory=lambda: CheckpointSection(num_to_keep=1))
+    registry: RegistrySection = field(default_factory=RegistrySection)
 
 
 def validate(cfg: FinetuneConfig, *, need_data: bool = True) -> FinetuneConfig:
@@ -145,8 +149,8 @@ def _downstream_problems(cfg: FinetuneConfig, need_data: bool) -> list[str]:
               (cfg.data.image_size is None or cfg.data.image_size >= 16,
                f"data.image_size must be >= 16, got {cfg.data.image_size}"),
               (0 < cfg.data.label_fraction <= 1, f"data.label_fraction must be in (0, 1], got {cfg.data.label_fraction}"),
-              (cfg.train.monitor.startswith("val/"), f"train.monitor must be a validation metric (val/loss, val/auc, "
-               f"val/accuracy, val/dice, ...), got {cfg.train.monitor!r}"),
+              (cfg.train.monitor in MONITORS[cfg.task], f"train.monitor must be one of {MONITORS[cfg.task]} for "
+               f"task={cfg.task}, got {cfg.train.monitor!r}"),
               (cfg.train.patience >= 0, f"train.patience must be >= 0 (0: no early stopping), got {cfg.train.patience}"),
               (cfg.task == "classification" or cfg.train.class_weights == "none",
                "train.class_weights applies to task=classification only")]
@@ -158,15 +162,27 @@ def init_name(cfg: FinetuneConfig) -> str:
     return cfg.backbone if cfg.init == "backbone" else cfg.init
 
 
+def registry_name(cfg: FinetuneConfig) -> str:
+    """``registry.name``, else ``radimagenet-ft-<dataset>-<task>``: the dataset is the last folder of
+    ``data.manifest`` (``s3://radimagenet/datasets/lesions`` -> ``radimagenet-ft-lesions-classification``), so
+    every fine-tuning on one dataset and task is a version of one registered model."""
+    if cfg.registry.name:
+        return cfg.registry.name
+    parts = manifest_uri(cfg.data.manifest).split("/")
+    dataset = re.sub(r"[^A-Za-z0-9._-]+", "-", parts[-2] if len(parts) > 1 else "").strip("-._") or "dataset"
+    return f"radimagenet-ft-{dataset}-{cfg.task}"[:128]
+
+
 def resolve(cfg: FinetuneConfig, manifest: dict | None = None) -> FinetuneConfig:
-    """A copy with derived defaults: manifest URI, image size (the dataset's), run name."""
+    """A copy with derived defaults: manifest URI, image size (the dataset's), run name, registry name."""
     validate(cfg)
     data = dataclasses.replace(cfg.data, manifest=manifest_uri(cfg.data.manifest))
     if data.image_size is None and manifest is not None:
         data = dataclasses.replace(data, image_size=int(manifest["image_size"]))
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", init_name(cfg)).strip("-") or "model"
     run_name = cfg.tracking.run_name or f"finetune-{cfg.task}-{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return dataclasses.replace(cfg, data=data, tracking=dataclasses.replace(cfg.tracking, run_name=run_name[:128]))
+    return dataclasses.replace(cfg, data=data, tracking=dataclasses.replace(cfg.tracking, run_name=run_name[:128]),
+                               registry=dataclasses.replace(cfg.registry, name=registry_name(cfg)))
 
 
 # ------------------------------------------------------------------------------------ task checks

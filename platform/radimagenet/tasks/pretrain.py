@@ -21,6 +21,7 @@ from radimagenet.dataset.format import manifest_uri
 from radimagenet.errors import ConfigError
 from radimagenet.train.config import (
     CheckpointSection,
+    RegistrySection,
     RunResult,
     ScalingSection,
     TrackingSection,
@@ -44,13 +45,6 @@ class ModelSection:
     arch: str = "resnet50"  # resnet50 | densenet121 | inception_v3 | inception_resnet_v2 | any timm name
     in_chans: int = 3
     drop_rate: float = 0.0
-
-
-@dataclass
-class RegistrySection:
-    name: str = ""  # empty: radimagenet-<arch>
-    alias: str = "candidate"
-    register: bool = True
 
 
 @dataclass
@@ -215,6 +209,6 @@ def pretrain(cfg: PretrainConfig, *, in_process: bool = False) -> PretrainResult
             ckpt = (out.checkpoint.filesystem, out.checkpoint.path) if out.checkpoint is not None else None
         version = None
         if cfg.registry.register:  # the checkpoint's metrics also cover a re-run that had nothing left to train
-            version, metrics = register_backbone(cfg, uri, run.run_id, ckpt, metrics)
+            version, metrics = register_backbone(cfg, uri, run.run_id, ckpt, metrics, manifest)
     return PretrainResult(run.run_id, cfg.tracking.run_name, run.resumed, metrics, run.config,
                           cfg.registry.name, version)

@@ -71,7 +71,7 @@ def sweep(spec: SweepSpec, *, artifact_prefix: str = "sweep", tags: dict[str, st
         tracking.log_params(uri, parent, {"sweep." + k: v for k, v in to_dict(spec.sweep).items()}
                             | {"grid." + k: str(v)[:5000] for k, v in spec.axes.items()}
                             | {"trials": len(spec.trials), "data.manifest": first.data.manifest}
-                            | {f"pinned.{ref}": version for ref, version in pinned.items()})
+                            | {f"pinned.{slug(ref)}": version for ref, version in pinned.items()})
         done = {t.name: run_id for t in spec.trials if (run_id := finished_run(uri, t))}
         pending = [dataclasses.replace(t, config=_nested(t.config, parent)) for t in spec.trials if t.name not in done]
         if done:

@@ -51,6 +51,14 @@ class TrackingSection:
     uri: str = ""  # empty: MLFLOW_TRACKING_URI
     run_id: str = ""  # filled by the launcher; workers log to this run
     parent_run_id: str = ""  # set by `radimagenet compare`: the run is nested under it
+    system_metrics_interval: float = 10.0  # seconds between MLflow system/ metrics (CPU, memory, GPU); 0: off
+
+
+@dataclass
+class RegistrySection:
+    name: str = ""  # empty: pretrain radimagenet-<arch>; finetune radimagenet-ft-<dataset>-<task>
+    alias: str = "candidate"
+    register: bool = True  # register the model when the run finishes (finetune: needs eval.log_model)
 
 
 @dataclass
@@ -90,6 +98,13 @@ def train_problems(cfg: Any) -> list[str]:
         (cfg.checkpoint.num_to_keep >= 1, f"checkpoint.num_to_keep must be >= 1, got {cfg.checkpoint.num_to_keep}"),
         (not cfg.tracking.run_name or RUN_NAME.fullmatch(cfg.tracking.run_name),
          f"tracking.run_name {cfg.tracking.run_name!r} may hold only letters, digits, '.', '_', '-'"),
+        (cfg.tracking.system_metrics_interval >= 0,
+         f"tracking.system_metrics_interval must be >= 0 (0: off), got {cfg.tracking.system_metrics_interval}"),
     ]
+    registry = getattr(cfg, "registry", None)  # pretraining and fine-tuning configs have one
+    if registry is not None:
+        problems += [f"registry.{key} {value!r} must be letters, digits, '.', '_', '-'"
+                     for key, value, needed in (("name", registry.name, False), ("alias", registry.alias, True))
+                     if (value or needed) and not RUN_NAME.fullmatch(value)]
     problems += [message for ok, message in checks if not ok]
     return problems

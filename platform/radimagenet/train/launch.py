@@ -7,11 +7,14 @@ Order of work (each step fails with one clear line before anything is written):
 1. :func:`prepare_data`: config resolved, S3 buckets reachable, the manifest loaded, shards checked;
 2. :func:`tracked_run`: the MLflow run of ``tracking.run_name`` is found (tag ``radimagenet.run_name``)
    or created; params, dataset input (and :func:`dataset_tags`: the split unit, a warning for a dataset
-   split image by image) and the resolved config (YAML artifact) are logged here; the run ends
+   split image by image) and the resolved config (YAML artifact) are logged here; when the work is
+   done, :func:`log_curves` draws the loss and accuracy curves (``plots/*_curves.png``); the run ends
    FINISHED, FAILED or KILLED with the work;
 3. :func:`launch`: ``worker_fn(config, ctx)`` on ``scaling.num_workers`` Ray Train workers
    (``TorchTrainer`` with ``RunConfig(storage_path, name=run_name)``: a re-run finds the run's
-   checkpoints and resumes; failed workers restart from the latest checkpoint), or in this process.
+   checkpoints and resumes; failed workers restart from the latest checkpoint), or in this process;
+   the process of rank 0 logs MLflow system metrics (``system/cpu_utilization_percentage``, memory,
+   GPU when present; every ``tracking.system_metrics_interval`` seconds) while it trains.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ from radimagenet.errors import ConfigError, RadImageNetError
 from radimagenet.io import storage, tracking
 
 WorkerFn = Callable[[dict[str, Any]], Any]
+# the curves drawn at the end of every training run: (file, y label, metrics)
+CURVES = (("plots/loss_curves.png", "loss", ("train/loss", "train/epoch_loss", "val/loss")),
+          ("plots/accuracy_curves.png", "validation", ("val/accuracy", "val/auc", "val/top5", "val/dice")))
 
 
 class TrainingError(RadImageNetError):
@@ -112,6 +118,7 @@ def tracked_run(cfg: Any, uri: str, manifest: dict, tags: dict[str, str], kind: 
         tracking.log_dataset(uri, run_id, manifest, cfg.data.manifest)
         tracking.log_text(uri, run_id, yaml.safe_dump(config, sort_keys=False), f"config/{kind}.yaml")
         yield Run(cfg, config, run_id, resumed)
+        log_curves(uri, run_id)
     except KeyboardInterrupt:
         tracking.end_run(uri, run_id, "KILLED")
         raise
@@ -122,6 +129,37 @@ def tracked_run(cfg: Any, uri: str, manifest: dict, tags: dict[str, str], kind: 
     tracking.end_run(uri, run_id, "FINISHED")
 
 
+def log_curves(uri: str, run_id: str) -> None:
+    """The run's loss and validation curves (:data:`CURVES`) from its metric history, as PNG artifacts;
+    a failure costs the figures (a warning), never the run."""
+    import tempfile
+    import warnings
+
+    from radimagenet.eval.figures import curves_png
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="radimagenet-curves-") as tmp:
+            for path, ylabel, keys in CURVES:
+                series = {k: tracking.metric_history(uri, run_id, k) for k in keys}
+                if any(series.values()):
+                    curves_png({k: v for k, v in series.items() if v}, f"{tmp}/{path}", ylabel=ylabel,
+                               title=f"{ylabel} by optimizer step")
+            tracking.log_artifacts(uri, run_id, tmp)
+    except Exception as exc:  # noqa: BLE001 - figures are a report, not the result
+        warnings.warn(f"training curves of run {run_id} not logged: {exc}", stacklevel=2)
+
+
+def monitored(config: dict[str, Any]) -> contextlib.AbstractContextManager:
+    """MLflow system metrics of this process for the config's run (nothing without a run id)."""
+    from radimagenet.io.monitor import system_metrics
+
+    t = config.get("tracking") or {}
+    if not t.get("run_id"):
+        return contextlib.nullcontext()
+    return system_metrics(tracking.tracking_uri(t.get("uri", "")), t["run_id"],
+                          float(t.get("system_metrics_interval", 10.0)))
+
+
 def launch(worker_fn: Callable[[dict[str, Any], Any], Any], cfg: Any, config: dict[str, Any], *,
            in_process: bool = False, what: str = "training") -> Any:
     """Run ``worker_fn(config, ctx)``: in this process (returns what it returns) or on
@@ -129,7 +167,8 @@ def launch(worker_fn: Callable[[dict[str, Any], Any], Any], cfg: Any, config: di
     if in_process:
         from radimagenet.train.context import local_context
 
-        return worker_fn(config, local_context(cfg))
+        with monitored(config):
+            return worker_fn(config, local_context(cfg))
     return fit_with_ray(_RayWorker(worker_fn), cfg, config, what)
 
 
@@ -142,7 +181,9 @@ class _RayWorker:
     def __call__(self, config: dict[str, Any]) -> None:
         from radimagenet.train.context import ray_context
 
-        self.worker_fn(config, ray_context())
+        ctx = ray_context()
+        with monitored(config) if ctx.is_main else contextlib.nullcontext():
+            self.worker_fn(config, ctx)
 
 
 def fit_with_ray(train_fn: WorkerFn, cfg: Any, config: dict, what: str = "training") -> Any:
