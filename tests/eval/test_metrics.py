@@ -54,7 +54,7 @@ def test_bootstrap_auc_interval_fast_deterministic_and_covering() -> None:
     rng = np.random.default_rng(5)
     counts = rng.multinomial(y.size, np.full(y.size, 1 / y.size), size=1)
     idx = np.repeat(np.arange(y.size), counts[0])
-    assert ev._weighted_auc(y.astype(bool), s, counts)[0] == pytest.approx(roc_auc_score(y[idx], s[idx]))
+    assert ev.weighted_auc(y.astype(bool), s, counts)[0] == pytest.approx(roc_auc_score(y[idx], s[idx]))
 
 
 def test_plain_bootstrap_skips_one_class_resamples() -> None:

@@ -265,3 +265,20 @@ def test_folder_ingest_with_links_out_and_a_non_utf8_name(stack_env, s3_prefix, 
     report[-1]["source"].encode("utf-8")  # valid text: the name's bytes come back escaped (\\xff)
     assert m["counts"]["written"] == 6 and m["classes"] == ["CT/a", "US/b"]
     assert m["counts"]["classes_without_images"] == []
+
+
+def test_multi_label_cells_list_several_classes(tmp_path):
+    for name in ("a.png", "b.png", "c.png", "d.png"):
+        _touch(tmp_path / name)
+    labels = _write_csv(tmp_path / "labels.csv", [["a.png", "nodule | effusion", "p1", "", ""],
+                                                 ["b.png", "effusion", "p2", "", ""],
+                                                 ["c.png", "effusion||nodule", "p3", "", ""],
+                                                 ["d.png", "a|b", "p4", "", ""]])
+    rows = read_inputs(str(tmp_path), str(labels), multi_label=True)
+    assert [r.label for r in rows[:2]] == ["effusion|nodule", "effusion"]
+    assert rows[2].problem[0] == "bad_label" and "empty name" in rows[2].problem[1]
+    assert class_list(rows, multi_label=True) == ["a", "b", "effusion", "nodule"]
+    single = read_inputs(str(tmp_path), str(labels))  # without --multi-label a cell is one class name
+    assert class_list(single) == ["a|b", "effusion", "effusion||nodule", "nodule | effusion"]
+    with pytest.raises(ConfigError, match="--multi-label needs a labels CSV"):
+        read_inputs(str(tmp_path), None, multi_label=True)

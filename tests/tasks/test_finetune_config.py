@@ -221,3 +221,28 @@ def test_compare_is_a_sweep_of_inits_by_seeds():
                                ("scratch", "", 0), ("scratch", "", 1)]
     assert configs[("scratch", "", 1)].tracking.run_name == "cmp-init_scratch-seed_1"
     assert spec.sweep.reference == "bb@champion" and spec.sweep.in_process
+
+
+def test_multi_label_predictions_file_round_trip(tmp_path):
+    import numpy as np
+
+    from radimagenet.tasks.downstream import read_predictions, write_predictions
+    from radimagenet.tasks.finetune_config import TaskSpec
+
+    spec = TaskSpec("classification", "multilabel", ("effusion", "nodule", "mass"), -1)
+    labels = np.array([[1, 0, 1], [0, 1, 0], [0, 0, 0]], np.int8)
+    probs = np.array([[.9, .1, .7], [.2, .8, .3], [.1, .2, .3]])
+    class Out:  # what the engine's Outputs hold
+        keys = ["k0", "k1", "k2"]
+        arrays = {"label": labels, "probs": probs, "patient": np.array(["p0", "p1", "p1"])}
+
+        def __len__(self) -> int:
+            return 3
+
+    out = Out()
+    path = tmp_path / "test.csv"
+    write_predictions(out, spec, str(path))
+    text = path.read_text()
+    assert text.splitlines()[1].split(",")[:3] == ["k0", "p0", "effusion|mass"]
+    pred = read_predictions(text, multi_label=True)
+    assert (pred.labels == labels).all() and np.allclose(pred.probs, probs) and pred.classes == list(spec.classes)

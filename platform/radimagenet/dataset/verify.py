@@ -12,7 +12,14 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from radimagenet.dataset.format import LABEL_EXT, META_EXT, split_member_name
+from radimagenet.dataset.format import (
+    LABEL_EXT,
+    META_EXT,
+    decode_label,
+    is_multi_label,
+    label_text,
+    split_member_name,
+)
 from radimagenet.dataset.tar import group_samples, iter_tar
 from radimagenet.errors import StorageError
 from radimagenet.io import storage
@@ -84,13 +91,15 @@ def _check_sample(url: str, split: str, key: str, members: dict[str, Any], manif
         return problems + [f"{where} lacks members (has {sorted(members)})"]
     try:
         meta = json.loads(members[META_EXT])
-        label_id = int(members[LABEL_EXT])
+        label_ids = decode_label(members[LABEL_EXT])
     except ValueError as exc:
         return problems + [f"{where}: unreadable .{LABEL_EXT} or .{META_EXT} member ({exc})"]
     if not isinstance(meta, dict):
         return problems + [f"{where}: .{META_EXT} member is not a JSON object"]
-    if not 0 <= label_id < n_classes or meta.get("label_id") != label_id:
-        problems.append(f"{where}: label id {label_id} is inconsistent")
+    multi = is_multi_label(manifest)
+    if not all(0 <= i < n_classes for i in label_ids) or meta.get("label_id") != label_ids[0] \
+            or (multi and meta.get("label_ids") != list(label_ids)) or (not multi and len(label_ids) != 1):
+        problems.append(f"{where}: label id {label_text(label_ids)} is inconsistent")
     if meta.get("split") != split:
         problems.append(f"{where}: metadata says split {meta.get('split')!r}, shard is {split!r}")
     known = patient_split.setdefault(meta.get("patient"), split)

@@ -72,7 +72,7 @@ def _need_both_classes(y: np.ndarray) -> None:
 # ------------------------------------------------------------------------------------------------- AUC
 
 
-def _weighted_auc(y: np.ndarray, s: np.ndarray, weights: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
+def weighted_auc(y: np.ndarray, s: np.ndarray, weights: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
     """Mann-Whitney AUC of each row of ``weights`` [R, C] (multiplicities); sample i weighs
     ``weights[:, columns[i]]`` (by default column i). NaN where a row lost one class.
 
@@ -100,14 +100,14 @@ def _weighted_auc(y: np.ndarray, s: np.ndarray, weights: np.ndarray, columns: np
 def _ovr_auc(y: np.ndarray, probs: np.ndarray, classes: Sequence[int], weights: np.ndarray,
              columns: np.ndarray | None = None) -> np.ndarray:
     """One-vs-rest AUC of each of ``classes`` for each row of ``weights``: [R, len(classes)]."""
-    return np.stack([_weighted_auc(y == k, probs[:, k], weights, columns) for k in classes], axis=1)
+    return np.stack([weighted_auc(y == k, probs[:, k], weights, columns) for k in classes], axis=1)
 
 
 def auc_score(y_true: Any, scores: Any) -> float:
     """Binary ROC AUC (equals ``sklearn.metrics.roc_auc_score``); ConfigError if only one class is present."""
     y, s = _binary_inputs(y_true, scores)
     _need_both_classes(y)
-    return float(_weighted_auc(y, s, np.ones((1, y.size)))[0])
+    return float(weighted_auc(y, s, np.ones((1, y.size)))[0])
 
 
 def macro_auc(probs: Any, labels: Any) -> float:
@@ -142,7 +142,7 @@ def auc_resamples(
         raise ConfigError("AUC needs at least two classes in y_true; this set has only one")
     columns, chunks = draws(y.size, n, seed, patients=patients, strata=y if stratified else None)
     return np.concatenate([_ovr_auc(y, s, classes, c, columns).mean(axis=1) if multi
-                           else _weighted_auc(y, s, c, columns) for c in chunks])
+                           else weighted_auc(y, s, c, columns) for c in chunks])
 
 
 def bootstrap_auc(

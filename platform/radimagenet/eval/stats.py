@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from radimagenet.errors import ConfigError
+from radimagenet.eval import multilabel
 from radimagenet.eval.distributions import normal_two_sided_p, t_ppf, t_sf
 from radimagenet.eval.metrics import auc_resamples, auc_score, macro_auc
 
@@ -148,11 +149,13 @@ def paired_patient_bootstrap(y_true: Any, scores_a: Any, scores_b: Any, patients
                              seed: int = 0) -> dict[str, float]:
     """AUC(a) = AUC(b) on one test set, resampling whole patients (the same resamples for both models).
 
-    ``scores`` are [N] (binary, labels 0/1) or [N, K] (macro one-vs-rest AUC, integer labels);
+    ``scores`` are [N] (binary, labels 0/1) or [N, K] (macro one-vs-rest AUC, integer labels; or, with a
+    multi-hot ``y_true`` [N, K], the multi-label macro AUC of :mod:`radimagenet.eval.multilabel`);
     ``patients`` one pseudonym per image. Returns ``diff`` (a - b), ``se`` (the sd of the resampled
     differences), their 95% percentile ``ci_low``/``ci_high``, ``z`` = diff / se and the two-sided ``p``.
     """
-    boot = [auc_resamples(y_true, s, n, seed, patients=patients) for s in (scores_a, scores_b)]
+    resamples = multilabel.auc_resamples if np.ndim(y_true) == 2 else auc_resamples
+    boot = [resamples(y_true, s, n, seed, patients=patients) for s in (scores_a, scores_b)]
     d = boot[0] - boot[1]
     d = d[np.isfinite(d)]
     diff = _auc(y_true, scores_a) - _auc(y_true, scores_b)
@@ -162,7 +165,10 @@ def paired_patient_bootstrap(y_true: Any, scores_a: Any, scores_b: Any, patients
 
 
 def _auc(y_true: Any, scores: Any) -> float:
-    """Binary AUC of scores [N], or the macro one-vs-rest AUC of scores [N, K]."""
+    """Binary AUC of scores [N], the macro one-vs-rest AUC of scores [N, K], or (multi-hot ``y_true``
+    [N, K]) the multi-label macro AUC."""
+    if np.ndim(y_true) == 2:
+        return multilabel.macro_auc(scores, y_true)
     return macro_auc(scores, y_true) if np.ndim(scores) == 2 else auc_score(y_true, scores)
 
 

@@ -31,6 +31,7 @@ class IngestConfig:
     max_megapixels: float = 64.0  # largest decoded frame; larger inputs are rejected 'too_large'
     allow_burned_in: bool = False  # keep DICOMs with BurnedInAnnotation YES
     text_check: str = "off"  # off | sc-us | all: reject images with text in the pixels ('burned_in_text')
+    multi_label: bool = False  # labels CSV cells list several |-separated findings per image
 
     def __post_init__(self) -> None:
         if self.image_size < 16 or self.image_size > 4096:
@@ -82,6 +83,7 @@ class IngestConfig:
             "max_megapixels": self.max_megapixels,
             "allow_burned_in": self.allow_burned_in,
             "text_check": self.text_check,
+            **({"multi_label": True} if self.multi_label else {}),  # absent when off: older journals still match
         }
 
 

@@ -13,6 +13,12 @@ a symlink out) and a link in the folder that points outside it are ``outside_sou
 name that is not valid UTF-8 is a ``bad_filename`` row (shown with its bytes escaped, ``\\xff``); a
 label with a control, format or line-separator character is a ``bad_label`` row. A ``problem``
 detail never holds the path (the row's ``source`` does).
+
+Multi-label (``read_inputs(..., multi_label=True)``, ``radimagenet ingest --multi-label``): the label
+cell of a labels CSV lists every finding of the image, separated by ``|`` (``effusion|nodule``, as
+NIH ChestX-ray14 writes them); the row's ``label`` is then the sorted distinct names joined by ``|``
+and each name is a class. An empty name (``a||b``) is a ``bad_label`` row. A folder gives one label,
+so a multi-label ingest needs a labels CSV.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from radimagenet.dataset.format import LABEL_SEP, label_names
 from radimagenet.errors import ConfigError
 
 REQUIRED_COLUMNS = ("path", "label")
@@ -95,8 +102,9 @@ def escape_name(name: str) -> str:
 
 # --- labels CSV ------------------------------------------------------------------------------------
 
-def read_labels_csv(source: Path, labels: Path) -> list[InputRow]:
-    """Rows of a labels CSV; paths are relative to ``source``. Missing columns fail fast."""
+def read_labels_csv(source: Path, labels: Path, multi_label: bool = False) -> list[InputRow]:
+    """Rows of a labels CSV; paths are relative to ``source``. Missing columns fail fast.
+    ``multi_label``: a label cell lists several names separated by ``|``."""
     if not labels.is_file():
         raise ConfigError(f"labels file {labels} does not exist")
     root = os.path.realpath(source)
@@ -117,7 +125,9 @@ def read_labels_csv(source: Path, labels: Path) -> list[InputRow]:
                 continue
             r = {col: cell.strip() for col, cell in zip(columns, cells, strict=False)}
             extra = sum(1 for cell in cells[len(columns):] if cell.strip())
-            out.append(_row_from_csv(len(out), r, root, line, extra))
+            if multi_label:
+                r["label"] = _multi_label(r.get("label", ""))
+            out.append(_row_from_csv(len(out), r, root, line, extra, multi_label))
     except csv.Error as exc:
         raise ConfigError(f"{labels} line {reader.line_num}: not a readable CSV row ({exc})") from None
     check_split_column(out, labels)
@@ -142,7 +152,8 @@ def _decode_labels(labels: Path) -> str:
         ) from None
 
 
-def _row_from_csv(index: int, r: dict[str, str], source: str, line: int, extra: int = 0) -> InputRow:
+def _row_from_csv(index: int, r: dict[str, str], source: str, line: int, extra: int = 0,
+                  multi_label: bool = False) -> InputRow:
     """One CSV row as an input; ``extra`` counts non-empty cells beyond the header (an unquoted comma)."""
     where = f"labels.csv line {line}"
     given, label = r.get("path", ""), r.get("label", "")
@@ -166,6 +177,9 @@ def _row_from_csv(index: int, r: dict[str, str], source: str, line: int, extra: 
         problem = ("missing_label", f"{where}: empty label")
     elif _label_problem(label):
         problem = ("bad_label", f"{where}: {_label_problem(label)}")
+    elif multi_label and label.startswith(LABEL_SEP):  # _multi_label sorts an empty name first
+        problem = ("bad_label", f"{where}: an empty name in the multi-label cell (names are separated by "
+                   f"{LABEL_SEP!r})")
     elif split is not None and split not in SPLIT_NAMES:
         problem = ("bad_split", f"{where}: split {split!r} is not one of {SPLIT_NAMES}")
     unreadable = problem is not None and problem[0] in ("bad_row", "outside_source")
@@ -179,6 +193,13 @@ def _row_from_csv(index: int, r: dict[str, str], source: str, line: int, extra: 
         mask=None if unreadable else mask,
         problem=problem,
     )
+
+
+def _multi_label(cell: str) -> str:
+    """A multi-label cell as the sorted distinct names joined by ``|``; an empty name is kept (as ``||``)
+    so that the row is refused ``bad_label``, never silently read as fewer labels."""
+    names = [n.strip() for n in cell.split(LABEL_SEP)]
+    return "" if not cell.strip() else LABEL_SEP.join(sorted(set(names)))
 
 
 def check_split_column(rows: list[InputRow], labels: Path) -> None:
@@ -273,22 +294,26 @@ def _folder_row(index: int, rel: str, path: str, problem: tuple[str, str] | None
 
 # --- both ------------------------------------------------------------------------------------------
 
-def read_inputs(source: str, labels: str | None) -> list[InputRow]:
-    """Rows from ``labels`` when given, else from the folder layout under ``source``."""
+def read_inputs(source: str, labels: str | None, multi_label: bool = False) -> list[InputRow]:
+    """Rows from ``labels`` when given, else from the folder layout under ``source``
+    (``multi_label``: label cells list several ``|``-separated names; needs ``labels``)."""
     src = Path(source).expanduser().resolve()
     if not src.exists():
         raise ConfigError(f"source {source} does not exist")
-    rows = read_labels_csv(src, Path(labels).expanduser()) if labels else scan_folder(src)
+    if multi_label and not labels:
+        raise ConfigError("--multi-label needs a labels CSV (--labels) whose label cells list the image's "
+                          "findings separated by '|': a folder gives each file one label")
+    rows = read_labels_csv(src, Path(labels).expanduser(), multi_label) if labels else scan_folder(src)
     if not rows:
         raise ConfigError(f"no inputs found in {labels or source}")
     return rows
 
 
-def class_list(rows: list[InputRow]) -> list[str]:
+def class_list(rows: list[InputRow], multi_label: bool = False) -> list[str]:
     """Sorted distinct labels of the usable rows: index in this list = label id.
 
     A class whose every row has a problem here is not in the list; one whose files are all rejected
     later (at decode) keeps its id, since ids are fixed before shards are written; the manifest then
     lists it under ``counts.classes_without_images``.
     """
-    return sorted({r.label for r in rows if r.label and r.problem is None})
+    return sorted({n for r in rows if r.label and r.problem is None for n in label_names(r.label, multi_label)})

@@ -61,7 +61,8 @@ def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _what(record: BackboneRecord, kind: str) -> str:
     if kind == "backbone":
         return "pretrained backbone (a classifier of its pretraining classes, for fine-tuning)"
-    mode = "binary" if record.num_classes == 2 else "multiclass"
+    mode = "multi-label (a sigmoid per label)" if record.multi_label else \
+        "binary" if record.num_classes == 2 else "multiclass"
     return "fine-tuned segmentation model (U-Net)" if record.task == "segmentation" else \
         f"fine-tuned {mode} classification model"
 
@@ -97,6 +98,9 @@ def _intended_use(record: BackboneRecord, kind: str, name: str) -> str:
                "and for image features; its own head predicts its pretraining classes only.")
     elif record.task == "segmentation":
         use = "Research on lesion segmentation in images like those of its training dataset (below)."
+    elif record.multi_label:
+        use = (f"Research on finding {', '.join(f'`{c}`' for c in record.classes)} (any number per image) in images "
+               "like those of its training dataset (below).")
     else:
         use = (f"Research on telling {', '.join(f'`{c}`' for c in record.classes)} apart in images like those of its "
                "training dataset (below).")

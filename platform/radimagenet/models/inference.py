@@ -3,7 +3,7 @@ preprocessed from its record (:func:`radimagenet.data.transforms.preprocess`), t
 
     p = load_predictor("radimagenet-demo@champion")       # or models:/NAME@alias, NAME/3, a local folder
     image = p.decode("scan.dcm")                          # uint8 [S, S] as in the dataset; raises Rejected
-    probs = p.run([image])                                # classification: [B, classes] softmax
+    probs = p.run([image])                                # classification: [B, classes] softmax (multi-label: sigmoid)
     lesion = p.run([image])                               # segmentation: [B, S', S'] lesion probability
 
 One path for every consumer: ``radimagenet predict`` (:mod:`.predict`), the MLflow pyfunc model
@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from radimagenet.dataset.format import LABEL_SEP
 from radimagenet.errors import ConfigError
 from radimagenet.ingest import decode
 from radimagenet.io import tracking
@@ -62,6 +63,13 @@ class Predictor:
     def classes(self) -> list[str]:
         return list(self.record.classes)
 
+    def predicted(self, probs: np.ndarray) -> str:
+        """The ``predicted`` cell of one image's probabilities: the most probable class, or (multi-label)
+        every label at probability >= 0.5 joined by ``|`` (empty when none is)."""
+        if self.record.multi_label:
+            return LABEL_SEP.join(c for c, p in zip(self.classes, probs, strict=True) if p >= 0.5)
+        return self.classes[int(np.argmax(probs))]
+
     def read(self, source: str | bytes) -> np.ndarray:
         """A file (path, or its bytes) decoded by ingest's ``decode_file``: uint8 grey, full size.
         Raises :class:`radimagenet.ingest.decode.Rejected` (the ingest's reasons)."""
@@ -94,13 +102,16 @@ class Predictor:
         return preprocess(np.stack(images), self.record).to(self.device)
 
     def run(self, images: list[np.ndarray]) -> np.ndarray:
-        """Classification: softmax probabilities ``[B, classes]`` (float32). Segmentation: the lesion
-        probability per pixel ``[B, S, S]`` at the model's input size."""
+        """Classification: softmax probabilities ``[B, classes]`` (float32; a multi-label model: each label's
+        sigmoid). Segmentation: the lesion probability per pixel ``[B, S, S]`` at the model's input size."""
         import torch
 
         with torch.inference_mode():
             out = self.model(self.batch(images)).float()
-            out = out[:, 0].sigmoid() if self.task == "segmentation" else out.softmax(dim=1)
+            if self.task == "segmentation":
+                out = out[:, 0].sigmoid()
+            else:
+                out = out.sigmoid() if self.record.multi_label else out.softmax(dim=1)
         return out.cpu().numpy()
 
 

@@ -5,7 +5,8 @@
 Inputs are DICOM, PNG or JPEG files, or folders (walked recursively, sorted; hidden files skipped).
 Each is decoded as the ingest decodes (:class:`~radimagenet.models.inference.Predictor`), batched and
 run on the GPU when there is one. Classification rows: ``path``, ``p_<class>`` per class (softmax,
-written with ``repr``), ``predicted``, ``error`` (``reason: detail`` when the file cannot be read; its
+written with ``repr``; a multi-label model: each label's sigmoid), ``predicted`` (multi-label: the labels at
+p >= 0.5 joined by ``|``), ``error`` (``reason: detail`` when the file cannot be read; its
 other cells empty) and, with ``gradcam_dir``, ``gradcam`` (the overlay PNG). Segmentation rows:
 ``path``, ``lesion_fraction``, ``mask`` (a 0/255 PNG at the file's own size), ``error``.
 
@@ -138,7 +139,7 @@ def _rows(predictor: Predictor, chunk: list[tuple[int, str]], decoded: list[np.n
             continue
         p = answers[i]
         row = {"path": path, **{prob_column(c): repr(float(v)) for c, v in zip(predictor.classes, p, strict=True)},
-               "predicted": predictor.classes[int(np.argmax(p))], "error": ""}
+               "predicted": predictor.predicted(p), "error": ""}
         if gradcam:
             from radimagenet.eval.explain import overlay_png
 

@@ -30,7 +30,8 @@ class BackboneRecord:
     Pixel convention: grey uint8 -> float in [0, 1] -> resize (``interpolation``) to
     ``input_size[1:]`` -> replicate to ``in_chans`` channels -> ``(x - mean) / std`` per channel.
     ``task``: ``classification`` (a timm classifier over ``classes``) or ``segmentation`` (a U-Net on
-    the ``arch`` encoder, one lesion-logit channel). ``ingest``: the dataset's decode settings
+    the ``arch`` encoder, one lesion-logit channel). ``multi_label``: a classifier whose outputs are
+    independent labels (a sigmoid each), not one softmax over ``classes``. ``ingest``: the dataset's decode settings
     (``image_size``, ``multiframe``, ``windows``; empty in records made before they were kept).
     """
 
@@ -50,6 +51,7 @@ class BackboneRecord:
     versions: dict[str, str] = field(default_factory=dict)
     task: str = "classification"
     ingest: dict[str, Any] = field(default_factory=dict)
+    multi_label: bool = False
     format: str = RECORD_FORMAT
 
     def to_dict(self) -> dict[str, Any]:

@@ -133,7 +133,7 @@ def _answer(predictor: Predictor, frame: Any) -> Any:
     for i, p in answers.items():
         probs[i] = p
     out = pd.DataFrame({prob_column(c): probs[:, k].astype(np.float64) for k, c in enumerate(predictor.classes)})
-    out["predicted"] = [predictor.classes[int(np.argmax(probs[i]))] if i in answers else "" for i in range(len(frame))]
+    out["predicted"] = [predictor.predicted(probs[i]) if i in answers else "" for i in range(len(frame))]
     out["error"] = errors
     return out
 

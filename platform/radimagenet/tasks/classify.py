@@ -2,7 +2,12 @@
 backbone, cross-entropy, the epoch with the lowest validation loss kept; after training, the test
 report: AUC with patient- and image-level bootstrap 95% CIs, the operating point chosen on validation
 (binary), accuracy, sensitivity/specificity, calibration (ECE), ROC, confusion-matrix and reliability
-figures, Grad-CAM overlays and localisation scores."""
+figures, Grad-CAM overlays and localisation scores.
+
+Multi-label datasets (``ingest --multi-label``: several findings per image) train the same head with a
+sigmoid per label and binary cross-entropy (``train.class_weights=balanced``: each label's positives
+weighted negatives / positives); the report is :mod:`radimagenet.eval.multilabel` (macro and per-label
+AUC, a threshold per label chosen on validation)."""
 
 from __future__ import annotations
 
@@ -29,10 +34,17 @@ class ClassifyTask(downstream.DownstreamTask):
         apply_freeze(model, self.cfg.train.freeze)
         return model, self.record
 
+    @property
+    def multi_label(self) -> bool:
+        return self.spec.mode == "multilabel"
+
     def loss(self, outputs: Any, batch: Any) -> Any:
         import torch
         import torch.nn.functional as F
 
+        if self.multi_label:
+            return F.binary_cross_entropy_with_logits(outputs.float(), batch.labels.to(outputs.device, non_blocking=True),
+                                                      pos_weight=self._pos_weight(outputs.device))
         weight = None
         if self.cfg.train.class_weights == "balanced":  # n / (k * n_c) over the training images; 0 for absent classes
             if self._class_weight is None:
@@ -42,17 +54,34 @@ class ClassifyTask(downstream.DownstreamTask):
         return F.cross_entropy(outputs.float(), batch.labels.to(outputs.device, non_blocking=True), weight=weight,
                                label_smoothing=self.cfg.train.label_smoothing)
 
+    def _pos_weight(self, device: Any) -> Any:
+        """Multi-label ``train.class_weights=balanced``: negatives / positives per label (None: unweighted)."""
+        import torch
+
+        if self.cfg.train.class_weights != "balanced":
+            return None
+        if self._class_weight is None:
+            pos = torch.tensor(self.train_class_counts(), dtype=torch.float32)
+            n = self.data_metrics()["train/n_images"]
+            self._class_weight = torch.where(pos > 0, (n - pos).clamp(min=0) / pos.clamp(min=1), 1.0)
+        return self._class_weight.to(device)
+
     def outputs(self, outputs: Any, batch: Any) -> dict[str, np.ndarray]:
         import torch
         import torch.nn.functional as F
 
         logits = outputs.float().cpu()
         meta = batch.meta or [{}] * len(batch.keys)  # evaluation batches carry each sample's .json
+        patient = np.asarray([str(m.get("patient") or "") for m in meta], dtype=str)
+        if self.multi_label:
+            loss = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="none").mean(1)
+            return {"probs": torch.sigmoid(logits).numpy(), "label": batch.labels.numpy().astype(np.int8),
+                    "loss": loss.numpy(), "patient": patient}
         return {"probs": torch.softmax(logits, 1).numpy(), "label": batch.labels.numpy(),
-                "loss": F.cross_entropy(logits, batch.labels, reduction="none").numpy(),
-                "patient": np.asarray([str(m.get("patient") or "") for m in meta], dtype=str)}
+                "loss": F.cross_entropy(logits, batch.labels, reduction="none").numpy(), "patient": patient}
 
     def metrics(self, split: str, out: Any) -> dict[str, float]:
+        from radimagenet.eval import multilabel
         from radimagenet.eval.metrics import macro_auc
 
         n = len(out)
@@ -61,8 +90,12 @@ class ClassifyTask(downstream.DownstreamTask):
         if n:
             metrics[f"{split}/n_patients"] = float(np.unique(downstream.patients_of(out)[0]).size)
             probs, labels = out.arrays["probs"], out.arrays["label"].astype(np.int64)
-            metrics |= {f"{split}/accuracy": float((probs.argmax(1) == labels).mean()),
-                        f"{split}/auc": macro_auc(probs, labels)}
+            if self.multi_label:  # label-wise accuracy at 0.5 during training (the report uses val thresholds)
+                metrics |= {f"{split}/accuracy": float(((probs >= 0.5) == labels.astype(bool)).mean()),
+                            f"{split}/auc": multilabel.macro_auc(probs, labels)}
+            else:
+                metrics |= {f"{split}/accuracy": float((probs.argmax(1) == labels).mean()),
+                            f"{split}/auc": macro_auc(probs, labels)}
         return metrics
 
     def finish(self, model: Any, record: Any, ctx: Any, selected: dict[str, float]) -> dict[str, float]:
@@ -96,6 +129,8 @@ def report(val: Any, test: Any, spec: TaskSpec, cfg: FinetuneConfig, out_dir: st
         print(f"[radimagenet] warning: {missing} of {len(test)} test images have no patient pseudonym in their "
               "metadata: each counts as its own patient, so the patient-level CI is image-level for them",
               file=sys.stderr, flush=True)
+    if spec.mode == "multilabel":
+        return multilabel_report(val_p, val_y, test_p, test_y, patients, spec, cfg, out_dir)
     if spec.mode == "binary":
         pos = spec.positive
         threshold = metrics.choose_threshold(val_y == pos, val_p[:, pos], cfg.eval.threshold_rule)
@@ -119,6 +154,25 @@ def report(val: Any, test: Any, spec: TaskSpec, cfg: FinetuneConfig, out_dir: st
                                      os.path.join(out_dir, "plots", "confusion_matrix.png"))
         figures.reliability_diagram_png(test_p, test_y, os.path.join(out_dir, "plots", "reliability.png"),
                                         title="test reliability")
+    return metrics.scalar_metrics(result)
+
+
+def multilabel_report(val_p: np.ndarray, val_y: np.ndarray, test_p: np.ndarray, test_y: np.ndarray,
+                      patients: np.ndarray, spec: TaskSpec, cfg: FinetuneConfig, out_dir: str | None) -> dict[str, float]:
+    """Multi-label: thresholds per label on validation, the :mod:`radimagenet.eval.multilabel` report,
+    a ROC figure per scored label and the reliability diagram of every (image, label) probability."""
+    from radimagenet.eval import figures, metrics, multilabel
+
+    thresholds = multilabel.choose_thresholds(val_y, val_p, cfg.eval.threshold_rule)
+    result = multilabel.multilabel_report(test_y, test_p, thresholds, patients=patients, n_boot=cfg.eval.n_boot,
+                                          seed=cfg.train.seed)
+    if out_dir:
+        for k in multilabel.scored_labels(test_y):
+            figures.roc_curve_png(test_y[:, k], test_p[:, k], os.path.join(out_dir, "plots", f"roc_class_{k}.png"),
+                                  threshold=float(thresholds[k]), title=f"test ROC: {spec.classes[k]}")
+        figures.reliability_diagram_png(*multilabel.flat_binary(test_y, test_p),
+                                        os.path.join(out_dir, "plots", "reliability.png"),
+                                        title="test reliability (every image x label)")
     return metrics.scalar_metrics(result)
 
 
@@ -155,7 +209,7 @@ def write_gradcam(model: Any, record: Any, cfg: FinetuneConfig, spec: TaskSpec, 
                 area.append(float(mask.mean()))
             if saved < cfg.eval.gradcam_samples:
                 explain.overlay_png(batch.images[i], cams[i], os.path.join(
-                    out_dir, "gradcam", f"gradcam_{saved:03d}_{batch.keys[i]}_y{int(batch.labels[i])}.png"),
+                    out_dir, "gradcam", f"gradcam_{saved:03d}_{batch.keys[i]}_y{_label_tag(batch.labels[i])}.png"),
                     mask=mask if mask is not None and mask.any() else None, scale=max(1, 256 // batch.images.shape[-1]))
                 saved += 1
     out = {"test/gradcam_images": float(saved)}
@@ -165,3 +219,9 @@ def write_gradcam(model: Any, record: Any, cfg: FinetuneConfig, spec: TaskSpec, 
                 "test/gradcam_lesion_area_fraction": float(np.mean(area)),  # chance level of the energy score
                 "test/gradcam_lesion_images": float(len(energy))}
     return out
+
+
+def _label_tag(label: Any) -> str:
+    """A Grad-CAM file's label part: the label id, or a multi-label image's ids joined by ``-``."""
+    ids = [int(label)] if label.ndim == 0 else [int(k) for k in label.nonzero().flatten()]
+    return "-".join(map(str, ids))

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from radimagenet.dataset.format import manifest_uri
+from radimagenet.dataset.format import is_multi_label, manifest_uri
 from radimagenet.errors import ConfigError
 from radimagenet.train.config import (
     CheckpointSection,
@@ -182,6 +182,10 @@ def preflight(cfg: PretrainConfig) -> tuple[PretrainConfig, dict, str]:
     from radimagenet.train.launch import prepare_data
 
     cfg, manifest = prepare_data(cfg, resolve)
+    if is_multi_label(manifest):
+        raise ConfigError(f"dataset {cfg.data.manifest} is multi-label (several labels per image): supervised "
+                          "pretraining trains one softmax over the classes; fine-tune on it instead "
+                          "(`radimagenet finetune`)")
     check_arch(cfg.model.arch)
     uri = tracking.tracking_uri(cfg.tracking.uri)
     tracking.check_reachable(uri)

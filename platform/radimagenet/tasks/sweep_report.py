@@ -30,8 +30,9 @@ def trial_result(uri: str, trial: Trial, run_id: str) -> dict[str, Any]:
     """A finished trial's test metrics and per-image predictions (``predictions/test.csv``)."""
     from radimagenet.tasks.downstream import PREDICTIONS_FILE, read_predictions
 
-    metrics = tracking.get_run(uri, run_id).data.metrics
-    pred = read_predictions(tracking.download_text(uri, run_id, PREDICTIONS_FILE))
+    run = tracking.get_run(uri, run_id)
+    metrics, multi = run.data.metrics, run.data.tags.get("radimagenet.metrics") == "multilabel"
+    pred = read_predictions(tracking.download_text(uri, run_id, PREDICTIONS_FILE), multi_label=multi)
     group = ",".join(f"{k}={v}" for k, v in trial.values.items() if k not in GROUP_SKIP) or "all"
     return {"trial": trial.name, "setting": trial.setting, "group": group, "init": init_of(trial),
             "seed": trial.config.train.seed, "run_id": run_id, "values": trial.values,
@@ -57,7 +58,7 @@ def paired_tests(runs: list[dict], reference: str) -> tuple[list[dict], list[dic
     table = stats.compare(aucs, reference, **kw)
     pairwise = stats.pairwise(aucs, **kw)
     md = stats.comparison_markdown(table)
-    if runs[0]["probs"].shape[1] != 2:
+    if runs[0]["probs"].shape[1] != 2 or runs[0]["labels"].ndim == 2:
         md += "\nDeLong's test needs a binary task: the patient bootstrap compares macro AUCs.\n"
     return table, pairwise, md
 
@@ -65,14 +66,14 @@ def paired_tests(runs: list[dict], reference: str) -> tuple[list[dict], list[dic
 def _test_inputs(runs: list[dict], inits: list[str]) -> tuple[Any, Any]:
     """``(y_true, scores)`` for the test-set tests, every run on one test set (same keys and patients in
     the same order): binary, the 0/1 labels and positive-class probabilities; else the class ids and
-    the probabilities [N, K]."""
+    the probabilities [N, K] (multi-label: the multi-hot labels [N, K] and the probabilities)."""
     first = runs[0]
     for r in runs[1:]:
         if (r["keys"] != first["keys"] or not np.array_equal(r["labels"], first["labels"])
                 or not np.array_equal(r["patients"], first["patients"])):
             raise ConfigError(f"trial {r['trial']} was tested on other samples than {first['trial']}: "
                               "all trials of a comparison must share the dataset")
-    if first["probs"].shape[1] != 2:
+    if first["probs"].shape[1] != 2 or first["labels"].ndim == 2:
         return first["labels"], {init: [r["probs"] for r in runs if r["init"] == init] for init in inits}
     pos = _positive_column(first)
     y = (first["labels"] == pos).astype(int)
