@@ -1,6 +1,7 @@
 """Ingest benchmark: per-file cost of the full ingest against dcmread + pixel decode alone (the limit).
 
-    python benchmarks/ingest.py [--files 300] [--inputs uncompressed,rle] [--no-scaling] [--keep-stack]
+    python benchmarks/ingest.py [--files 300] [--inputs uncompressed,rle|none] [--driver-files 4000]
+                                [--no-scaling] [--keep-stack]
 
 Measured in one run, the ingest pinned to one core (S3 runs on the other): for uncompressed 512x512
 CT (a minimal ~25-element header, and a real CT's 258-element header) and for compressed inputs (RLE,
@@ -8,13 +9,16 @@ JPEG-LS, JPEG 2000), and for the released RadImageNet layout (224x224 8-bit grey
 PIL's decode alone; no goal is set for it), the decode-alone rate, the full ingest rate (decode, window, resize, hash, encode,
 tar, multipart upload to the local S3), their ratio (goal: >= 0.6) by wall clock, by the ingest's
 own CPU time and per added file (N files against N/2), and a per-stage breakdown. Then --workers 2
-against --workers 1 on all cores (goal: ~2x), and the driver's own CPU per file when Ray workers feed
-it, which caps one ingest whatever the number of workers.
+against --workers 1 on all cores (goal: ~2x), and the driver's own CPU per file when Ray workers do
+the work (its whole process, every thread: ``time.process_time``; per file of the whole ingest and per
+file added, N files against N/2; on the RLE inputs and on ``--driver-files`` released-layout PNGs),
+which caps one ingest whatever the number of workers.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -22,6 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -209,36 +214,67 @@ def busy_seconds() -> float:
     return t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
 
 
-def scaling(folder: Path, warmup: Path, size: int, cores: int) -> None:
-    """--workers 2 against --workers 1, and the most the machine's cores allow for 2."""
+def driver_process_cpu(folder: Path, half: Path, workers: int, size: int) -> tuple[float, float]:
+    """The driver process's CPU seconds per file (every thread: ``time.process_time``) with Ray workers:
+    over the whole ingest of ``folder``, and per file added (``folder`` against its first ``half``)."""
+    n, n_half = len(input_files(folder)), len(input_files(half))
+    whole = full_ingest(folder, workers, size)[1]
+    added = (whole * n - full_ingest(half, workers, size)[1] * n_half) / (n - n_half)
+    return whole, added
+
+
+@contextlib.contextmanager
+def two_worker_ray(warmup: Path, size: int) -> Iterator[None]:
+    """One local Ray of exactly 2 CPUs (not the stack's head that RAY_ADDRESS names) for every run
+    inside: each ingest finds it connected; its 2 workers are started and warmed (imports, S3 client)
+    outside the timed runs, with chunks of 2 files."""
     from unittest import mock
 
     from radimagenet.io import cluster
 
-    # One local Ray of exactly 2 CPUs (not the stack's head that RAY_ADDRESS names) for every run below:
-    # each ingest finds it connected; its 2 workers are started and warmed (imports, S3 client) outside
-    # the timed runs, with chunks of 2 files.
     no_cluster = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     with mock.patch.dict(os.environ, no_cluster, clear=True), \
             cluster.connect(num_cpus=2, log_to_driver=False, include_dashboard=False):
         cfg = IngestConfig(source=str(warmup), out=f"s3://radimagenet/bench/{uuid.uuid4().hex[:8]}",
                            image_size=size, workers=2, chunk_size=2, patient_from="dicom")
         ingest(cfg, SECRET, progress=False)
-        n = len(input_files(folder))
-        rate, cpu, driver_cpu = {}, {}, {}
-        for workers in (1, 2):
-            b0, t0 = busy_seconds(), time.thread_time()
-            wall = full_ingest(folder, workers, size)[0]
-            rate[workers], cpu[workers] = 1 / wall, (busy_seconds() - b0) / n
-            driver_cpu[workers] = (time.thread_time() - t0) / n  # this thread: receive results + write shards
+        yield
+
+
+def scaling(folder: Path, half: Path, size: int, cores: int) -> None:
+    """--workers 2 against --workers 1, the most the machine's cores allow for 2, and the driver
+    process's CPU per file with 2 workers (``half``: the first half of ``folder``, for the marginal cost)."""
+    n = len(input_files(folder))
+    rate, cpu, driver_cpu, process_cpu = {}, {}, {}, {}
+    for workers in (1, 2):
+        b0, t0 = busy_seconds(), time.thread_time()
+        wall, process_cpu[workers] = full_ingest(folder, workers, size)
+        rate[workers], cpu[workers] = 1 / wall, (busy_seconds() - b0) / n
+        driver_cpu[workers] = (time.thread_time() - t0) / n  # the driver's main thread
+    n_half = len(input_files(half))
+    marginal = driver_process_cpu(folder, half, 2, size)[1]
     bound = cores / cpu[2]  # files/s if every core did nothing but this ingest's work
     print(f"workers: 1 -> {rate[1]:.0f} files/s, 2 -> {rate[2]:.0f} files/s, speed-up {rate[2] / rate[1]:.2f}x "
           f"(goal: close to 2x)\n"
           f"  machine CPU per file (ingest, Ray, S3 server): 1 worker {cpu[1] * 1e3:.2f} ms, 2 workers "
           f"{cpu[2] * 1e3:.2f} ms; on {cores} cores 2 workers can reach at most {bound:.0f} files/s "
           f"({bound / rate[1]:.2f}x): measured {rate[2] / bound:.0%} of that bound\n"
-          f"  the driver's thread fed by Ray workers (receiving results + writing shards): {driver_cpu[2] * 1e3:.3f} "
-          f"ms per file: one ingest tops out near {1 / driver_cpu[2]:,.0f} files/s however many workers")
+          f"  the driver's main thread with 2 Ray workers: {driver_cpu[2] * 1e3:.3f} ms CPU per file\n"
+          f"  the driver's process (every thread) with 2 Ray workers: {process_cpu[2] * 1e3:.3f} ms CPU per file "
+          f"of the whole ingest ({n} files), {marginal * 1e3:.3f} ms per file added ({n_half} -> {n} files)")
+
+
+def driver_load(folder: Path, half: Path, size: int, repeats: int) -> None:
+    """The driver process's CPU per file with 2 Ray workers on released-layout PNGs, ``repeats`` times
+    (median and range: the figure that caps one ingest whatever the number of workers)."""
+    runs = sorted(driver_process_cpu(folder, half, 2, size) for _ in range(repeats))
+    whole = sorted(r[0] for r in runs)
+    added = sorted(r[1] for r in runs)
+    mid = len(runs) // 2
+    print(f"driver process CPU per file, 2 Ray workers, {len(input_files(folder))} released-layout PNGs "
+          f"({repeats} runs, median [min-max]): whole ingest {whole[mid] * 1e3:.3f} [{whole[0] * 1e3:.3f}-"
+          f"{whole[-1] * 1e3:.3f}] ms, per file added {added[mid] * 1e3:.3f} [{added[0] * 1e3:.3f}-"
+          f"{added[-1] * 1e3:.3f}] ms: one ingest tops out near {1 / max(added[mid], 1e-9):,.0f} files/s")
 
 
 def main() -> int:
@@ -246,8 +282,12 @@ def main() -> int:
     ap.add_argument("--files", type=int, default=300, help="uncompressed / RLE files (others fewer)")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--keep-stack", action="store_true", help="leave the local stack running")
-    ap.add_argument("--inputs", default="all", help="comma-separated input kinds to measure (default: all)")
+    ap.add_argument("--inputs", default="all",
+                    help="comma-separated input kinds to measure per core (default: all; none: only the driver)")
     ap.add_argument("--no-scaling", action="store_true", help="skip --workers 2 against --workers 1")
+    ap.add_argument("--driver-files", type=int, default=4000,
+                    help="PNG inputs for the driver's CPU per file with Ray workers (0: skip; default 4000)")
+    ap.add_argument("--driver-repeats", type=int, default=3, help="runs of that measurement (default 3)")
     args = ap.parse_args()
     started = False
     if not os.environ.get("AWS_ENDPOINT_URL"):
@@ -263,7 +303,7 @@ def main() -> int:
              ("jpeg2000", JPEG2000Lossless, max(30, args.files // 10), None),
              ("png-224", None, args.files, None)]
     if args.inputs != "all":
-        chosen = args.inputs.split(",")
+        chosen = [] if args.inputs == "none" else args.inputs.split(",")
         if unknown := set(chosen) - {k[0] for k in kinds}:
             ap.error(f"unknown --inputs {sorted(unknown)}; choose from {[k[0] for k in kinds]}")
         kinds = [k for k in kinds if k[0] in chosen]
@@ -291,7 +331,7 @@ def main() -> int:
             marginal = (full * n - full_ingest(half, 1, args.size)[0] * (n // 2)) / (n - n // 2)
             os.sched_setaffinity(0, all_cores)
             rest = max(0.0, full - sum(st.values()))
-            results[kind] = (folder, full)
+            results[kind] = (folder, half)
             print(f"{kind:<13} {n:>5} {1 / limit:>9.0f} {1 / full:>9.0f} {limit / full:>6.2f} {limit / cpu:>9.2f} "
                   f"{limit / marginal:>8.2f}  "
                   + " ".join(f"{v * 1e3:.2f}" for v in st.values()) + f" {rest * 1e3:.2f}")
@@ -303,9 +343,14 @@ def main() -> int:
         os.sched_setaffinity(0, {min(all_cores)})
         driver(args.size)
         os.sched_setaffinity(0, all_cores)
-        if "rle" in results and len(all_cores) >= 2 and not args.no_scaling:
-            scaling(results["rle"][0], make_inputs(root, "warmup-ray", RLELossless, 32, rng), args.size,
-                    len(all_cores))
+        if len(all_cores) >= 2 and not args.no_scaling:
+            with two_worker_ray(make_inputs(root, "warmup-ray", RLELossless, 32, rng), args.size):
+                if "rle" in results:
+                    scaling(*results["rle"], args.size, len(all_cores))
+                if args.driver_files:
+                    png_folder = make_inputs(root, "png-driver", None, args.driver_files, rng)
+                    driver_load(png_folder, half_of(png_folder, root / "png-driver-half"), args.size,
+                                args.driver_repeats)
     if started and not args.keep_stack:
         from radimagenet.ops import stack
 

@@ -12,7 +12,10 @@ core with one torch thread (``num_workers=0``, i.e. what one DataLoader worker d
   (b) the full training pipeline (S3 -> tar -> decode -> random resized crop + flip -> normalised
       float batch), for ``npy`` and ``png``, with bytes/image;
   (c) a naive loader: pydicom reads 512x512 int16 CT files one by one, windows, resizes, and
-      applies the same augmentation with torchvision.
+      applies the same augmentation with torchvision;
+  (d) the sample-level reads: CPU per ranged GET (read_range against boto3), the pipeline at
+      other run lengths, and samples per GET / bytes read per byte used for some world sizes and
+      loader workers (from the plan alone, on a 300k-sample split).
 
 "images/s (cpu)" divides by this process's CPU time: the per-core figure, independent of other
 load on the machine (the local S3 server runs on the same machine); "images/s (wall)" is end to end.
@@ -21,6 +24,7 @@ load on the machine (the local S3 server runs on the same machine); "images/s (w
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import os
 import sys
@@ -38,10 +42,14 @@ sys.path.insert(0, str(ROOT / "tests"))  # the shard writer shared with the test
 
 from helpers_shards import ensure_bucket, write_test_dataset  # noqa: E402
 from radimagenet.data import loader as data  # noqa: E402
+from radimagenet.data.order import epoch_order, shard_samples  # noqa: E402
+from radimagenet.data.plan import plan_runs, plan_train, run_length  # noqa: E402
 from radimagenet.dataset.format import ENCODINGS, load_manifest, manifest_uri, split_shards  # noqa: E402
+from radimagenet.dataset.index import split_indexes  # noqa: E402
 from radimagenet.dataset.reader import read_shard  # noqa: E402
 from radimagenet.dataset.tar import group_samples, iter_tar  # noqa: E402
 from radimagenet.io import storage  # noqa: E402
+from radimagenet.io.ranged import read_range  # noqa: E402
 
 SIZE = 224
 BATCH = 64
@@ -93,6 +101,11 @@ def datasets(n: int) -> dict[str, dict]:
         out[encoding] = write_test_dataset(uri, {"train": n}, max(n // 4, 1), image_size=SIZE,
                                            encoding=encoding, image_fn=synthetic_image)
         print(f"  wrote {n} {encoding} images to {uri} in {time.perf_counter() - t:.1f}s")
+    for encoding, manifest in out.items():  # shard indexes (tests/helpers_shards writes none): built once
+        t = time.perf_counter()
+        split_indexes(manifest, "train")
+        if time.perf_counter() - t > 0.5:
+            print(f"  shard indexes of the {encoding} shards: {time.perf_counter() - t:.1f}s")
     return out
 
 
@@ -137,14 +150,49 @@ def parse_from_memory(blobs: list[bytes], how: str) -> int:
     return n
 
 
-def pipeline(manifest: dict, train: bool = True) -> int:
+def pipeline(manifest: dict, train: bool = True, read_ahead: int | None = None) -> int:
     loader = data.make_loader(manifest, "train", batch_size=BATCH, num_workers=0, train=train,
                               image_size=SIZE, channels=3)
+    if read_ahead is not None:
+        loader = data.Loader(dataclasses.replace(loader.spec, read_ahead=read_ahead), 0)
     n = 0
     for batch in loader:
         assert batch.images.shape[1:] == (3, SIZE, SIZE)
         n += len(batch.labels)
     return n
+
+
+def get_cost(manifest: dict, n: int = 100) -> dict[str, float]:
+    """ms of CPU per GET of one 4 MiB run, through read_range and through boto3's get_object."""
+    url = split_shards(manifest, "train")[0].url
+    u, size = storage.parse_uri(url), 4 << 20
+    out = {}
+    for name, fn in [("read_range (presigned, http.client)", lambda a: read_range(url, a, a + size)),
+                     ("boto3 get_object", lambda a: storage.client().get_object(
+                         Bucket=u.bucket, Key=u.key, Range=f"bytes={a}-{a + size - 1}")["Body"].read())]:
+        fn(0)
+        cpu = time.process_time()
+        for i in range(n):
+            fn((i * 7919 * 512) % (16 << 20))
+        out[name] = (time.process_time() - cpu) / n * 1e3
+    return out
+
+
+def read_stats(sample_bytes: float) -> list[tuple[str, int, float, float]]:
+    """(setup, run length, samples per GET, bytes read / bytes used) from the plan of a 300k-sample split."""
+    sizes = [5000] * 60
+    starts = np.concatenate([[0], np.cumsum(sizes)])[:-1]
+    order = epoch_order(shard_samples(sizes), 0, 0)
+    out = []
+    for world, workers, batch in [(1, 0, 64), (1, 8, 256), (8, 8, 256), (3, 2, 48), (64, 8, 256)]:
+        plan = plan_train(order, batch_size=batch, rank=0, world_size=world, num_workers=workers)
+        lanes = max(len(np.unique(r.lanes)) for r in plan.readers)
+        length = run_length(lanes, sample_bytes)
+        runs = [run for r in plan.readers for run in plan_runs(r, starts, length)]
+        used = sum(len(r.ids) for r in plan.readers)
+        out.append((f"{world} ranks x {workers} workers, batch {batch}", length, used / len(runs),
+                    sum(r.last - r.first + 1 for r in runs) / used))
+    return out
 
 
 def write_dicoms(folder: Path, count: int) -> list[Path]:
@@ -237,6 +285,17 @@ def main(argv: list[str] | None = None) -> None:
         paths = write_dicoms(Path(tmp), args.dicoms)
         dicom_kib = sum(p.stat().st_size for p in paths) / len(paths) / 1024
         naive = report(f"naive, local DICOM files ({dicom_kib:.0f} KiB/file)", measure(lambda: naive_loader(paths), 2))
+    print()
+
+    print("(d) sample-level reads (ranged GETs of runs of samples)")
+    for name, ms in get_cost(manifests["npy"]).items():
+        print(f"  CPU per 4 MiB ranged GET, {name:<34} {ms:6.2f} ms")
+    for length in (16, 32, 128):
+        report(f"train, npy, runs of {length} samples", measure(lambda n=length: pipeline(manifests["npy"],
+                                                                                         read_ahead=n), 2))
+    for setup, length, per_get, amplification in read_stats(sizes["npy"]):
+        print(f"  plan of 300k samples, {setup:<32} runs of <= {length}: {per_get:5.1f} samples/GET, "
+              f"{amplification:.2f}x the bytes used")
     print()
 
     best = max(rates, key=rates.get)

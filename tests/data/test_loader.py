@@ -1,4 +1,4 @@
-"""The training input pipeline against the local stack's S3: sharding, balance, determinism, transforms."""
+"""The training input pipeline against the local stack's S3: partition by sample, balance, determinism, transforms."""
 
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ import torch
 
 from helpers_shards import ensure_bucket, write_test_dataset  # noqa: E402
 from radimagenet.data import loader as data
-from radimagenet.data.plan import plan_train
 from radimagenet.data.transforms import preprocess
-from radimagenet.dataset.format import split_shards
 from radimagenet.dataset.reader import iterate_samples, sample_labels
 from radimagenet.errors import ConfigError
 
@@ -38,10 +36,18 @@ def uneven(stack_env: dict[str, str]) -> dict:
 
 @pytest.fixture(scope="module")
 def lopsided(stack_env: dict[str, str]) -> dict:
-    """One big shard and five 1-sample shards: a rank holding the small ones must cycle them."""
+    """One big shard and five 1-sample shards."""
     uri = _prefix("lopsided")
     ensure_bucket(uri)
     return write_test_dataset(uri, {"train": 35}, 4, shard_sizes={"train": [30, 1, 1, 1, 1, 1]})
+
+
+@pytest.fixture(scope="module")
+def one_shard(stack_env: dict[str, str]) -> dict:
+    """What a new user's small ingest makes: a single shard per split."""
+    uri = _prefix("one")
+    ensure_bucket(uri)
+    return write_test_dataset(uri, {"train": 50, "val": 7}, 1000)  # 32 px: distinct keys
 
 
 @pytest.fixture(scope="module")
@@ -71,37 +77,85 @@ def _epoch(manifest: dict, split: str, **kw) -> tuple[int, list[list[str]], list
 # training: equal batches per rank, whatever the shards
 
 
+def _rank_epochs(manifest: dict, world_size: int, **kw) -> list[list[data.Batch]]:
+    """Every rank's batches of one epoch."""
+    out = []
+    for rank in range(world_size):
+        loader = data.make_loader(manifest, "train", rank=rank, world_size=world_size, **kw)
+        batches = list(loader)
+        assert len(batches) == len(loader)
+        out.append(batches)
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_one_shard_trains_on_any_ranks_and_workers(one_shard: dict) -> None:
+    """1, 2 or 3 ranks x 0, 1, 2 or 4 loader workers on a 1-shard split: equal batch counts, no sample
+    twice, the same samples first whatever the world size, a rank's batches whatever its workers."""
+    everything = set(sample_labels(one_shard, "train"))
+    kw = dict(batch_size=4, epoch=1, seed=5, image_size=16)
+    consumed: dict[int, list[str]] = {}  # world size -> keys in the order the steps consume them
+    pixels: dict[str, torch.Tensor] = {}
+    for world_size in (1, 2, 3):
+        steps = 50 // (world_size * 4)
+        reference = None
+        for num_workers in (0, 1, 2, 4):
+            ranks = _rank_epochs(one_shard, world_size, num_workers=num_workers, **kw)
+            assert [len(r) for r in ranks] == [steps] * world_size  # every rank the same number of batches
+            assert all(len(b) == 4 and b.images.shape == (4, 3, 16, 16) for r in ranks for b in r)
+            keys = [k for r in ranks for b in r for k in b.keys]
+            assert len(set(keys)) == len(keys) == steps * world_size * 4 and set(keys) <= everything
+            if reference is None:
+                reference = ranks
+                consumed[world_size] = [k for s in range(steps) for r in ranks for k in sorted(r[s].keys)]
+            for mine, ref in zip(ranks, reference, strict=True):  # independent of the loader workers
+                assert all(a.keys == b.keys and torch.equal(a.images, b.images) for a, b in zip(mine, ref, strict=True))
+            for b in (b for r in ranks for b in r):  # a sample's crop and flip: (seed, epoch, sample) alone
+                for key, image in zip(b.keys, b.images, strict=True):
+                    assert torch.equal(pixels.setdefault(key, image), image)
+    # the epoch order does not depend on the world size: any prefix of whole steps is the same samples
+    assert set(consumed[1][:12]) == set(consumed[3][:12]) and set(consumed[1][:24]) == set(consumed[2][:24])
+    assert set(consumed[2][:48]) == set(consumed[3][:48]) == set(consumed[1][:48])
+
+
+def test_without_drop_last_every_sample_is_seen_and_ranks_stay_in_step(one_shard: dict) -> None:
+    two = _rank_epochs(one_shard, 2, batch_size=4, num_workers=2, drop_last=False, image_size=16)
+    assert [len(r) for r in two] == [7, 7] and [len(r[-1]) for r in two] == [1, 1]  # 50 = 6 x 8 + 2
+    assert sorted(k for r in two for b in r for k in b.keys) == sorted(sample_labels(one_shard, "train"))
+    three = _rank_epochs(one_shard, 3, batch_size=4, num_workers=0, drop_last=False, image_size=16)
+    assert [len(r[-1]) for r in three] == [1, 1, 0]  # 50 = 4 x 12 + 2: the third rank gets an empty batch
+    assert three[2][-1].images.shape == (0, 3, 16, 16) and three[2][-1].keys == []
+
+
+def test_resuming_at_a_position_with_another_world_size(one_shard: dict) -> None:
+    kw = dict(batch_size=4, epoch=2, seed=1, image_size=16, num_workers=1)
+    loader = data.make_loader(one_shard, "train", rank=0, world_size=2, **kw)
+    position = loader.position(3)  # 3 steps of 2 ranks x 4
+    assert position == 24 and loader.num_samples == 24
+    before = [k for r in _rank_epochs(one_shard, 2, **kw) for b in r[:3] for k in b.keys]
+    after = [k for r in _rank_epochs(one_shard, 3, start=position, drop_last=False, **kw) for b in r for k in b.keys]
+    assert len(before) + len(after) == 50 and set(before) | set(after) == set(sample_labels(one_shard, "train"))
+
+
 @pytest.mark.parametrize("world_size", [2, 3])
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_train_equal_batches_per_rank_with_uneven_shards(uneven: dict, world_size: int, num_workers: int) -> None:
     batch_size = 4
-    expected = 44 // world_size // batch_size
-    all_keys = {k for split in ["train"] for k in sample_labels(uneven, split)}
+    expected = 44 // (world_size * batch_size)
+    all_keys = set(sample_labels(uneven, "train"))
     for epoch in (0, 1):
-        for rank in range(world_size):
-            n, keys, images = _epoch(uneven, "train", batch_size=batch_size, rank=rank, world_size=world_size,
-                                     epoch=epoch, num_workers=num_workers, shuffle_buffer=8)
-            assert n == expected and len(keys) == expected, (rank, epoch, n, len(keys))
-            assert all(len(b) == batch_size for b in keys)
-            assert all(img.shape == (batch_size, 3, 32, 32) for img in images)
-            assert {k for b in keys for k in b} <= all_keys
+        ranks = _rank_epochs(uneven, world_size, batch_size=batch_size, epoch=epoch, num_workers=num_workers)
+        assert [len(r) for r in ranks] == [expected] * world_size
+        assert all(len(b) == batch_size and b.images.shape == (batch_size, 3, 32, 32) for r in ranks for b in r)
+        keys = [k for r in ranks for b in r for k in b.keys]
+        assert len(set(keys)) == len(keys) and set(keys) <= all_keys
 
 
-def test_train_rank_with_few_samples_cycles_its_shards(lopsided: dict) -> None:
-    """Policy: a rank (worker) that runs out of samples reads its own shards again until its quota."""
-    shards, cycled = split_shards(lopsided, "train"), 0
-    for rank in (0, 1):
-        n, keys, _ = _epoch(lopsided, "train", batch_size=4, rank=rank, world_size=2, num_workers=0)
-        flat = [k for b in keys for k in b]
-        assert n == len(keys) == 35 // 2 // 4 and len(flat) == 16
-        plan = plan_train(shards, batch_size=4, rank=rank, world_size=2, num_workers=0, epoch=0, seed=0)
-        held = plan.workers[0].samples
-        if held < 16:  # the rank without the big shard: all its samples, read again and again
-            assert len(set(flat)) == held and held <= 5
-            cycled += 1
-        else:  # the rank with the 30-sample shard: no repeats; the rest is skipped this epoch
-            assert held >= 30 and len(set(flat)) == 16
-    assert cycled == 1
+def test_a_rank_never_rereads_samples_whatever_the_shard_sizes(lopsided: dict) -> None:
+    """Partitioned by sample: the rank that used to hold only 1-sample shards no longer cycles them."""
+    ranks = _rank_epochs(lopsided, 2, batch_size=4, num_workers=0)
+    keys = [k for r in ranks for b in r for k in b.keys]
+    assert [len(r) for r in ranks] == [35 // 8] * 2 and len(set(keys)) == len(keys) == 32
 
 
 def test_epoch_reshuffles_and_seed_reproduces(uneven: dict) -> None:
@@ -140,12 +194,11 @@ def test_eval_counts_every_sample_exactly_once(uneven: dict, world_size: int, nu
 # clear errors
 
 
-def test_too_few_shards_and_zero_batches_are_clear_errors(stack_env: dict[str, str]) -> None:
+def test_few_shards_train_and_zero_batches_are_clear_errors(stack_env: dict[str, str]) -> None:
     uri = _prefix("three")
     ensure_bucket(uri)
     manifest = write_test_dataset(uri, {"train": 9}, 3)
-    with pytest.raises(ConfigError, match=r"3 train shards but 2 ranks x 2 loader workers need at least 4"):
-        data.make_loader(manifest, "train", batch_size=2, world_size=2, num_workers=2)
+    assert len(list(data.make_loader(manifest, "train", batch_size=2, world_size=2, num_workers=2))) == 2
     with pytest.raises(ConfigError, match="0 full batches per rank"):
         data.make_loader(manifest, "train", batch_size=8, world_size=2, num_workers=0)
     with pytest.raises(ConfigError, match="no 'test' split"):

@@ -225,3 +225,24 @@ def test_random_resized_crop_box_within_image_and_ratio() -> None:
             assert 0 <= left < right <= width and 0 <= top < bottom <= height
     # when no draw fits (a very thin image) the fallback is the largest centred crop within the ratio range
     assert transforms.random_resized_crop_box(1, 100, random.Random(0)) == (0, 49, 1, 50)  # 1 x round(1 / (3/4)), centred
+
+
+@pytest.mark.parametrize("channels,mean,std", [(3, (0.5,), (0.25,)), (3, (0.1, 0.2, 0.3), (0.5, 0.25, 0.125)),
+                                               (1, (0.5,), (0.25,))])
+def test_workers_parts_join_into_the_batch_one_worker_builds(channels: int, mean: tuple, std: tuple) -> None:
+    """Training: each loader worker builds its part of a batch, the rank joins them in worker order."""
+    from radimagenet.data.order import sample_rngs
+
+    images = [block_image(i, 32) for i in range(7)]
+    samples = [raw_sample(f"k{i}", img, i % 3, mask=(img >= 128).astype(np.uint8)) for i, img in enumerate(images)]
+    s = spec(24, train=True, channels=channels, mean=mean, std=std, with_masks=True, with_meta=True)
+    ids = np.arange(100, 107)
+    whole = loader.make_batch(s, samples, sample_rngs(1, 2, ids))
+    parts = [loader.make_batch(s, samples[a:b], sample_rngs(1, 2, ids[a:b])) for a, b in [(0, 3), (3, 3), (3, 7)]]
+    for joined in (loader.join_batches(s, [parts[0], None, parts[2]]), loader.join_batches(s, parts)):
+        assert torch.equal(joined.images, whole.images) and joined.images.shape == (7, channels, 24, 24)
+        assert torch.equal(joined.labels, whole.labels) and torch.equal(joined.masks, whole.masks)
+        assert joined.keys == whole.keys and joined.meta == whole.meta
+    assert loader.join_batches(s, [parts[0]]) is parts[0]  # one part: nothing to copy
+    empty = loader.join_batches(s, [None, None])
+    assert empty.images.shape == (0, channels, 24, 24) and empty.keys == [] and len(empty.labels) == 0

@@ -149,7 +149,8 @@ def test_driver_state_counts_rejects_as_it_goes():
                sample(3, "k3", "p1", "test"),  # split conflict: p1 is in train
                sample(4, "k4", "p2", "val"), Reject(5, "5.dcm", "truncated", "cut")]
     for res in results:
-        state.handle(res, writers)
+        if state.handle(res):  # True: to be written (the driver plans it into a shard)
+            writers[res.split].write(res)
     statuses = collections.Counter(line["status"] for line in state.lines.values())
     assert state.rejected == statuses["rejected"] == 3
     assert statuses == {"written": 2, "duplicate": 1, "rejected": 3}
@@ -256,10 +257,6 @@ def test_driver_state_keeps_dropped_fields_of_written_samples():
     from radimagenet.ingest.process import Processed
     from radimagenet.ingest.run import _State
 
-    class Collect(list):
-        write = list.append
-
-    writers = {s: Collect() for s in ("train", "val", "test")}
     state = _State(first_of_key={}, split_of_patient={}, lines={})
 
     def sample(i, key, dropped=()):
@@ -268,7 +265,7 @@ def test_driver_state_keeps_dropped_fields_of_written_samples():
 
     for res in (sample(0, "k0", ("body_part",)), sample(1, "k0", ("body_part",)), sample(2, "k2"),
                 sample(3, "k3", ("modality", "body_part"))):
-        state.handle(res, writers)
+        state.handle(res)
     assert state.dropped == {0: ("body_part",), 3: ("modality", "body_part")}  # not the duplicate's
     assert state.lines[1]["duplicate_of"] == "src-0"
     assert count_dropped(state.dropped.values()) == {"body_part": 2, "modality": 1}

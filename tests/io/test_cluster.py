@@ -67,8 +67,14 @@ ENV = {"AWS_ENDPOINT_URL": "http://127.0.0.1:8333", "AWS_DEFAULT_REGION": "us-ea
 
 def test_workers_get_settings_but_no_credentials_unless_shipped():
     env = cluster.worker_env(ENV)
-    assert env == {"AWS_ENDPOINT_URL": "http://127.0.0.1:8333", "AWS_DEFAULT_REGION": "us-east-1",
-                   "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000", "RADIMAGENET_HOME": "/tmp/h"}
+    # loopback addresses and RADIMAGENET_HOME name the driver's machine: each node keeps its own
+    assert env == {"AWS_DEFAULT_REGION": "us-east-1"}
+    remote = cluster.worker_env(ENV | {"AWS_ENDPOINT_URL": "http://minio.internal:9000",
+                                       "MLFLOW_TRACKING_URI": "https://mlflow.example.org"})
+    assert remote == {"AWS_ENDPOINT_URL": "http://minio.internal:9000", "AWS_DEFAULT_REGION": "us-east-1",
+                      "MLFLOW_TRACKING_URI": "https://mlflow.example.org"}
+    for loopback in ("http://localhost:5000", "http://[::1]:5000", "http://127.0.0.2:5000"):
+        assert "MLFLOW_TRACKING_URI" not in cluster.worker_env({"MLFLOW_TRACKING_URI": loopback})
     shipped = cluster.worker_env(ENV | {cluster.SHIP_FLAG: "1"})
     assert set(cluster.CREDENTIAL_ENV) & set(ENV) <= set(shipped)
     assert shipped["AWS_SECRET_ACCESS_KEY"] == "s3cr3t" and shipped[cluster.SHIP_FLAG] == "1"

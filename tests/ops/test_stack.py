@@ -229,3 +229,11 @@ def test_down_stops_only_our_processes(stack_env):
         bystander.kill()
         bystander.wait()
         assert stack.up(home) == stack_env  # later tests in the session still get a stack
+
+
+def test_up_refuses_unknown_services_before_starting_anything(tmp_path):
+    from radimagenet.errors import StackError
+
+    with pytest.raises(StackError, match=r"unknown stack services \['minio'\]"):
+        stack.up(tmp_path / "home", services=("s3", "minio"))
+    assert not (tmp_path / "home").exists()

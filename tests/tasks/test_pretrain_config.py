@@ -47,6 +47,14 @@ def test_overrides_and_round_trip():
         load_config(PretrainConfig, None, ["train.optimizer=lamb"])
 
 
+def test_placement_strategy_is_one_of_rays():
+    assert load_config(PretrainConfig, None, []).scaling.placement_strategy == "PACK"
+    cfg = load_config(PretrainConfig, None, ["scaling.placement_strategy=STRICT_SPREAD"])
+    assert cfg.scaling.placement_strategy == "STRICT_SPREAD"
+    with pytest.raises(ConfigError, match="not one of"):
+        load_config(PretrainConfig, None, ["scaling.placement_strategy=ANYWHERE"])
+
+
 def test_validate_collects_problems():
     cfg = load_config(PretrainConfig, None, ["train.epochs=0", "train.label_smoothing=1.5",
                                              "tracking.run_name=bad name!", "data.std=[0.1, 0.2]"])
@@ -67,14 +75,16 @@ def test_resolve_fills_derived_defaults():
     assert named.tracking.run_name == "x" and named.registry.name == "y"
 
 
-def test_check_shards_needs_one_shard_per_reader():
+def test_check_shards_lets_any_shard_count_serve_any_readers():
     ok = load_config(PretrainConfig, None, ["data.manifest=s3://b/ds", "scaling.num_workers=2",
                                             "data.num_workers=2", "train.batch_size=32"])
     check_shards(MANIFEST, ok)
-    too_many = load_config(PretrainConfig, None, ["data.manifest=s3://b/ds", "scaling.num_workers=4",
-                                                  "data.num_workers=2"])
-    with pytest.raises(ConfigError, match="4 train shard.*8 readers"):
-        check_shards(MANIFEST, too_many)
+    many_readers = load_config(PretrainConfig, None, ["data.manifest=s3://b/ds", "scaling.num_workers=4",
+                                                      "data.num_workers=2"])  # 8 readers, 4 shards
+    check_shards(MANIFEST, many_readers)
+    one_shard = {**MANIFEST, "splits": {**MANIFEST["splits"], "train": {
+        "samples": 400, "shards": [{"url": "s3://b/t-0.tar", "samples": 400}]}}}
+    check_shards(one_shard, many_readers)  # partitioned by sample: one shard serves them all
     big_batch = load_config(PretrainConfig, None, ["data.manifest=s3://b/ds", "scaling.num_workers=2",
                                                    "data.num_workers=1", "train.batch_size=256"])
     with pytest.raises(ConfigError, match="batch_size"):

@@ -68,3 +68,24 @@ def test_a_sweep_resumed_after_a_killed_trial(data, tmp_path, monkeypatch, capsy
     backbone = data["backbone"].replace("@", "-")
     assert 0 <= m[f"{backbone}/test/auc_mean"] <= 1 and 0 <= m["scratch/test/auc_mean"] <= 1
     assert 0 <= m["scratch/p_bootstrap"] <= 1 and 0 <= m["scratch/p_ttest"] <= 1
+
+    # the same sweep.name with another setting: its finished trials are not this grid's results
+    changed = [a if a != "train.lr=1e-3" else "train.lr=1e-2" for a in argv]
+    assert main(changed) == 2
+    err = capsys.readouterr().err
+    assert "finished before with other settings" in err and "train.lr: 0.001 -> 0.01" in err, err
+    assert c.get_run(parent).info.status == "FINISHED"  # refused before the parent run was touched
+
+
+def test_changed_keys_compares_what_changes_a_result():
+    from radimagenet.config import load_config
+    from radimagenet.tasks.finetune_config import FinetuneConfig
+    from radimagenet.tasks.sweep import changed_keys
+
+    cfg = load_config(FinetuneConfig, None, ["data.manifest=s3://b/ds", "init=scratch", "train.lr=0.001",
+                                             "scaling.num_workers=2", "data.num_workers=3"])
+    params = {"data.manifest": "s3://b/ds/manifest.json", "train.lr": "0.001", "scaling.num_workers": "1",
+              "data.num_workers": "0", "data.image_size": "64", "init": "scratch"}
+    assert changed_keys(params, cfg) == []  # workers differ, image_size resolved at run time
+    assert changed_keys(params | {"train.lr": "0.01"}, cfg) == ["train.lr: 0.01 -> 0.001"]
+    assert changed_keys(params | {"data.manifest": "s3://b/other/manifest.json"}, cfg)[0].startswith("data.manifest")

@@ -20,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="folder of key images (DICOM, PNG, JPEG)")
     p.add_argument("--labels", help="CSV with path,label[,patient_id][,split][,mask]; paths relative to SOURCE. "
                    "Without it, each file's folder (relative to SOURCE) is its label")
+    p.add_argument("--multi-label", action="store_true",
+                   help="each image may carry several labels: a --labels CSV cell lists them separated by '|' "
+                   "(effusion|nodule); fine-tuning then trains a sigmoid head per label")
     p.add_argument("--out", required=True, help="s3://BUCKET/PREFIX for shards, report.jsonl and manifest.json")
     p.add_argument("--image-size", type=int, default=224, help="output size in pixels, whole image (default 224)")
     p.add_argument("--encoding", choices=["npy", "png"], default="npy",
@@ -27,7 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions by patient (default 0.8,0.1,0.1)")
     p.add_argument("--shard-size", default="256MB", help="target shard size (default 256MB)")
     p.add_argument("--workers", type=int, default=1, help="parallel Ray tasks; 1 runs in-process (default 1)")
-    p.add_argument("--chunk-size", type=int, default=64, help="files per task (default 64)")
+    p.add_argument("--chunk-size", type=int, default=64, help="files per task (default 64; with --workers > 1 the least: "
+                   "chunks grow up to 512 files while each worker still gets 4)")
     p.add_argument("--multiframe", choices=["middle", "first", "reject"], default="middle",
                    help="which frame of a multi-frame image becomes the key image (default middle)")
     p.add_argument("--window", action="append", default=[], metavar="MODALITY=CENTER,WIDTH",
@@ -115,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         windows=_windows(args.window), patient_from=args.patient_from, split_unit=args.split_unit,
         split_csv=_split_csv(args.split_csv),
         max_megapixels=args.max_megapixels, allow_burned_in=args.allow_burned_in, text_check=args.text_check,
+        multi_label=args.multi_label,
     )
     manifest = ingest(cfg, load_secret(args.secret_file), progress=False if args.no_progress else None,
                       source_map=source_map_path(args.out, args.secret_file))

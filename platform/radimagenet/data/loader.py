@@ -1,4 +1,4 @@
-"""The training input pipeline: WebDataset-style tar shards streamed from S3 into PyTorch batches.
+"""The training input pipeline: WebDataset-style tar shards read from S3 into PyTorch batches.
 
     manifest = load_manifest("s3://datasets/radimagenet-v1")     # radimagenet.dataset.format
     loader = make_loader(manifest, "train", batch_size=256, rank=r, world_size=w, epoch=e, image_size=224)
@@ -6,37 +6,31 @@
         ...
 
 Every batch is a :class:`Batch` with the same fields whatever the options: ``images``, ``labels``
-and ``keys`` always, ``masks`` (``with_masks``) and ``meta`` (``with_meta``) else None. Planning
-(which worker reads which shards) is :mod:`radimagenet.data.plan`; the per-sample transform and
-the per-batch normalisation are :mod:`radimagenet.data.transforms` (also used by inference).
+and ``keys`` always, ``masks`` (``with_masks``) and ``meta`` (``with_meta``) else None. The epoch
+order is :mod:`radimagenet.data.order`, who reads what :mod:`radimagenet.data.plan`; the per-sample
+transform and the per-batch normalisation are :mod:`radimagenet.data.transforms` (also inference's).
+Tar members are parsed by :mod:`radimagenet.dataset.tar` (about 5x faster than ``tarfile`` in ``r|``
+mode or webdataset's expander); each DataLoader worker opens its own S3 connections.
 
-Shards are read with boto3 (:func:`radimagenet.io.storage.open_stream`, so ``AWS_ENDPOINT_URL`` is
-honoured) by a small streaming tar reader (:mod:`radimagenet.dataset.reader`; about 5x faster than
-``tarfile`` in ``r|`` mode or webdataset's expander); each DataLoader worker opens its own S3 client
-(boto3 clients are not fork-safe: the cache of :func:`radimagenet.io.storage.client` is dropped
-when the pid changes).
-
-Training epochs (``train=True``)
-    * The shard list is permuted by an rng seeded with ``(seed, epoch)`` - identical on every rank -
-      then *dealt* to ranks and, within a rank, to loader workers: each shard in permuted order goes
-      to whichever rank (then worker) holds the fewest samples so far, ties to the lowest index. With
-      equal shards this is plain striding (``shards[rank::world_size]``); with uneven shards it
-      balances the sample counts.
-    * Every rank yields exactly ``(total_samples // world_size) // batch_size`` full batches (so DDP
-      never hangs at an epoch end). The quota is split evenly over the rank's workers. A worker that
-      runs out of samples before its quota reads its own shards again in a fresh order (a "cycle");
-      a worker that reaches its quota stops early, so some samples are skipped in an epoch and the
-      epoch permutation varies which.
-    * Each worker shuffles samples through a buffer of ``shuffle_buffer`` samples; every random
-      choice (shuffle, crop, flip) comes from rngs seeded by ``(seed, epoch, rank, worker)``, so an
-      epoch is reproducible for a fixed world size and worker count.
+Training epochs (``train=True``): partitioned by sample
+    * The epoch's order of samples is a function of ``(seed, epoch)`` and the split alone; step ``s``
+      consumes its next ``world_size * batch_size`` samples, cut into ranks and, within a rank, into
+      loader workers: each worker builds its part of every batch and the rank joins them in worker
+      order (so a rank's batches do not depend on ``num_workers``). Every rank yields the same number
+      of batches, all full (``drop_last``); any dataset, even one shard, trains on any number of
+      ranks and workers. ``start`` begins an epoch at a global position (a resumed run).
+    * A worker reads its samples as runs of contiguous samples of a shard, one ranged GET each (byte
+      ranges from the shard's index, :mod:`radimagenet.dataset.index`), a few GETs ahead, and keeps
+      each sample until its batch is due.
     * Augmentation: random resized crop (scale (0.35, 1), ratio (3/4, 4/3)) and a horizontal flip
-      with p=0.5. Left-right flips keep images plausible (the body is roughly symmetric and
-      laterality is not a label); vertical flips are *not* used: anatomy has a fixed cranio-caudal
-      orientation, and an upside-down chest or knee is an image the model never meets.
+      with p=0.5, drawn from ``(seed, epoch, sample)`` (:func:`radimagenet.data.order.sample_rngs`):
+      the same whichever rank or worker reads the sample. Left-right flips keep images plausible (the
+      body is roughly symmetric and laterality is not a label); vertical flips are *not* used: anatomy
+      has a fixed cranio-caudal orientation, and an upside-down chest or knee is an image the model
+      never meets.
 
 Evaluation (``train=False``)
-    Shards in manifest order are split by rank (``shards[rank::world_size]``) then by worker; every
+    Shards streamed whole, in manifest order, split by rank (``shards[rank::world_size]``) then by worker; every
     sample is yielded exactly once across ranks, the last batch of a worker may be short, and
     ``len(loader)`` may differ between ranks (a rank or worker may even get no shard: allowed
     here, unlike training). No augmentation: images are only resized when ``image_size`` differs
@@ -57,18 +51,34 @@ all-zero mask.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import random
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
-from radimagenet.data.plan import RankPlan, WorkerPlan, plan_eval, plan_train, rng_seed
+from radimagenet.data.order import epoch_order, sample_rngs
+from radimagenet.data.plan import (
+    RankPlan,
+    ReaderPlan,
+    TrainPlan,
+    WorkerPlan,
+    plan_eval,
+    plan_train,
+    run_length,
+)
+from radimagenet.data.reads import reader_samples
 from radimagenet.data.transforms import Normalise, Transform, check_normalise, new_tensor
-from radimagenet.dataset.format import split_shards
-from radimagenet.dataset.reader import parse_meta, read_shard, sample_label
+from radimagenet.dataset.format import is_multi_label, split_shards
+from radimagenet.dataset.index import split_indexes
+from radimagenet.dataset.reader import (
+    parse_meta,
+    read_shard,
+    sample_label,
+    sample_label_ids,
+)
 from radimagenet.errors import ConfigError, StorageError
 
 # --------------------------------------------------------------------------------------------------
@@ -85,7 +95,7 @@ class Batch:
     """
 
     images: torch.Tensor  # float32 [B, C, S, S], normalised
-    labels: torch.Tensor  # int64 [B]
+    labels: torch.Tensor  # int64 [B]; a multi-label dataset: float32 [B, classes], 1 where the image has the label
     keys: list[str]  # sample keys
     masks: torch.Tensor | None = None  # int64 [B, 1, S, S] when with_masks
     meta: list[dict] | None = None  # each sample's .json (+ "key") when with_meta
@@ -99,23 +109,6 @@ class Batch:
                                    masks=None if self.masks is None else self.masks.pin_memory())
 
 
-def shuffled(items: Iterable[Any], bufsize: int, rng: random.Random) -> Iterator[Any]:
-    """Approximate shuffle through a buffer of ``bufsize`` items (pass-through when ``bufsize`` <= 1)."""
-    if bufsize <= 1:
-        yield from items
-        return
-    buf: list[Any] = []
-    for item in items:
-        if len(buf) < bufsize:
-            buf.append(item)
-            continue
-        i = rng.randrange(bufsize)
-        yield buf[i]
-        buf[i] = item
-    rng.shuffle(buf)
-    yield from buf
-
-
 def _read(url: str, keep: Mapping[str, frozenset[str]] | None) -> Iterator[dict[str, Any]]:
     """A shard's samples; with ``keep``, only those whose key it lists for the shard."""
     if keep is None:
@@ -124,23 +117,16 @@ def _read(url: str, keep: Mapping[str, frozenset[str]] | None) -> Iterator[dict[
     return (s for s in read_shard(url) if s["__key__"] in kept)
 
 
-def _train_stream(plan: WorkerPlan, bufsize: int, rng: random.Random, where: str,
-                  keep: Mapping[str, frozenset[str]] | None = None) -> Iterator[dict[str, Any]]:
-    """The worker's shards shuffled through the buffer, then again in a fresh order, for as long as needed.
-
-    The buffer is drained at the end of each pass, so a worker that holds enough samples for its
-    quota never reads a shard twice; only one that holds too few starts another pass (a "cycle").
-    """
-    shards, cycle = list(plan.shards), 0
-    while True:
-        n = 0
-        for sample in shuffled((s for shard in shards for s in _read(shard.url, keep)), bufsize, rng):
-            n += 1
-            yield sample
-        if n == 0:
-            raise StorageError(f"{where}: the shards {[s.url for s in shards]} hold no samples")
-        cycle += 1
-        shards = random.Random(rng_seed(*plan.seed, cycle)).sample(shards, len(shards))
+def _train_batches(spec: BatchSpec, reader: ReaderPlan) -> Iterator[Batch | None]:
+    """A reader's part of each of the rank's batches (None where it has no sample in one)."""
+    samples = reader_samples(reader, spec.urls, spec.offsets, spec.shard_starts, spec.read_ahead)
+    rngs = (r for i in range(0, len(reader.ids), 1024)  # made 1,024 at a time: the numpy work is per call
+            for r in sample_rngs(spec.seed, spec.epoch, reader.ids[i : i + 1024]))
+    for count in reader.counts.tolist():
+        if count == 0:
+            yield None
+            continue
+        yield make_batch(spec, [next(samples) for _ in range(count)], [next(rngs) for _ in range(count)])
 
 
 def _eval_stream(plan: WorkerPlan, keep: Mapping[str, frozenset[str]] | None = None) -> Iterator[dict[str, Any]]:
@@ -152,28 +138,57 @@ def _eval_stream(plan: WorkerPlan, keep: Mapping[str, frozenset[str]] | None = N
 class BatchSpec:
     """Everything a worker needs to turn its plan into batches (picklable for spawn contexts)."""
 
-    plan: RankPlan
+    plan: RankPlan | TrainPlan
     transform: Transform
     normalise: Normalise
     shuffle_buffer: int
     with_meta: bool
     with_masks: bool
     keep: Mapping[str, frozenset[str]] | None = None  # shard URL -> the sample keys read (None: all)
+    num_labels: int = 0  # multi-label datasets: the number of classes (labels become multi-hot rows)
+    # training (a TrainPlan): the split's shards, their sample indexes and the augmentation seed
+    urls: tuple[str, ...] = ()
+    offsets: tuple[np.ndarray, ...] = ()  # per shard: sample i is bytes [offsets[i], offsets[i + 1])
+    shard_starts: np.ndarray | None = None  # global sample id of each shard's first sample
+    read_ahead: int = 0  # samples per ranged GET at most
+    seed: int = 0
+    epoch: int = 0
 
 
-def worker_batches(spec: BatchSpec, worker: int) -> Iterator[Batch]:
-    """The batches of one loader worker (train: exactly its quota of full batches; eval: all its samples)."""
+def worker_batches(spec: BatchSpec, worker: int) -> Iterator[Batch | None]:
+    """The batches of one loader worker (train: its part of every batch of the rank; eval: all its samples)."""
+    if isinstance(spec.plan, TrainPlan):
+        yield from _train_batches(spec, spec.plan.readers[worker])
+        return
     plan = spec.plan.workers[worker]
-    if plan.batches is not None:  # train: shuffled, exactly plan.batches full batches
-        quota = plan.batches * spec.plan.batch_size  # the buffer never reads ahead more than needed
-        stream = _train_stream(plan, min(spec.shuffle_buffer, quota),
-                               random.Random(rng_seed(*plan.seed, 1_000_003)), f"worker {worker}", spec.keep)
-        stream = itertools.islice(stream, quota)
-    else:
-        stream = _eval_stream(plan, spec.keep)
-    aug_rng = random.Random(rng_seed(*plan.seed, 7))
-    for chunk in _chunks(stream, spec.plan.batch_size):
-        yield make_batch(spec, chunk, aug_rng)
+    for chunk in _chunks(_eval_stream(plan, spec.keep), spec.plan.batch_size):
+        yield make_batch(spec, chunk, None)
+
+
+def join_batches(spec: BatchSpec, parts: Sequence[Batch | None], pin: bool = False) -> Batch:
+    """One batch from the loader workers' parts of it, in worker order (``pin``: in pinned memory).
+
+    A grey batch (channels a stride-0 ``expand`` of one plane) is joined plane by plane.
+    """
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        return make_batch(spec, [], None)
+    if len(parts) == 1 and not pin:
+        return parts[0]
+    images = parts[0].images
+    grey = images.shape[1] > 1 and images.stride(1) == 0
+    planes = [p.images[:, :1] if grey else p.images for p in parts]
+    n = sum(len(p) for p in planes)
+    out = torch.cat(planes, out=torch.empty((n, *planes[0].shape[1:]), dtype=images.dtype, pin_memory=pin))
+    labels = torch.cat([p.labels for p in parts])
+    masks = None if parts[0].masks is None else torch.cat([p.masks for p in parts])
+    return Batch(
+        images=out.expand(n, images.shape[1], *images.shape[2:]) if grey else out,
+        labels=labels.pin_memory() if pin else labels,
+        keys=[k for p in parts for k in p.keys],
+        masks=None if masks is None else (masks.pin_memory() if pin else masks),
+        meta=None if parts[0].meta is None else [m for p in parts for m in p.meta],
+    )
 
 
 def _chunks(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
@@ -187,26 +202,43 @@ def _chunks(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-def make_batch(spec: BatchSpec, samples: list[dict[str, Any]], rng: random.Random) -> Batch:
+def make_batch(spec: BatchSpec, samples: list[dict[str, Any]],
+               rng: random.Random | Sequence[random.Random] | None) -> Batch:
     """Raw shard samples (``{"__key__", "npy"|"png", "cls", ...}``) -> a :class:`Batch`.
 
     Each sample goes through ``spec.transform`` into its slot of one ``[B, 1, S, S]`` plane (in
-    shared memory inside a DataLoader worker), then the batch through ``spec.normalise``.
+    shared memory inside a DataLoader worker), then the batch through ``spec.normalise``. ``rng``:
+    one per sample (training: :func:`radimagenet.data.order.sample_rngs`), one for all, or None (eval).
     """
     size, n = spec.transform.size, len(samples)
     plane = new_tensor((n, 1, size, size))
     masks = new_tensor((n, 1, size, size), torch.uint8) if spec.with_masks else None
     keys = []
+    rngs = rng if isinstance(rng, Sequence) else [rng] * n
     for i, sample in enumerate(samples):
         keys.append(sample["__key__"])
-        spec.transform(sample, rng, plane[i : i + 1], None if masks is None else masks[i : i + 1])
+        spec.transform(sample, rngs[i], plane[i : i + 1], None if masks is None else masks[i : i + 1])
     return Batch(
         images=spec.normalise(plane),
-        labels=torch.tensor([sample_label(s) for s in samples], dtype=torch.int64),
+        labels=batch_labels(samples, spec.num_labels),
         keys=keys,
         masks=None if masks is None else masks.to(torch.int64),
         meta=[parse_meta(s) for s in samples] if spec.with_meta else None,
     )
+
+
+def batch_labels(samples: list[dict[str, Any]], num_labels: int = 0) -> torch.Tensor:
+    """The samples' labels: int64 ids ``[B]``, or (``num_labels`` > 0, a multi-label dataset) float32
+    multi-hot rows ``[B, num_labels]``."""
+    if not num_labels:
+        return torch.tensor([sample_label(s) for s in samples], dtype=torch.int64)
+    out = torch.zeros((len(samples), num_labels), dtype=torch.float32)
+    for i, sample in enumerate(samples):
+        ids = sample_label_ids(sample)
+        if max(ids) >= num_labels:
+            raise StorageError(f"sample {sample['__key__']!r} has label id {max(ids)} >= {num_labels} classes")
+        out[i, list(ids)] = 1.0
+    return out
 
 
 class _ShardDataset(torch.utils.data.IterableDataset):
@@ -244,18 +276,55 @@ class Loader:
     def num_samples(self) -> int:
         """Samples this rank yields this epoch."""
         plan = self.spec.plan
-        if plan.workers[0].batches is not None:
-            return plan.num_batches * plan.batch_size
+        if isinstance(plan, TrainPlan):
+            return plan.samples
         return sum(w.samples for w in plan.workers)
 
+    def position(self, batches: int) -> int:
+        """Training: the epoch's global position (samples consumed by all ranks) after ``batches`` batches."""
+        if not isinstance(self.spec.plan, TrainPlan):
+            raise ConfigError("an evaluation loader has no position in an epoch order")
+        return self.spec.plan.position(batches)
+
     def __iter__(self) -> Iterator[Batch]:
+        train = isinstance(self.spec.plan, TrainPlan)
         if self.num_workers == 0:
-            return iter(self.dataset)
-        loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_collate_passthrough,
-            worker_init_fn=_worker_init, persistent_workers=False, pin_memory=torch.cuda.is_available(),
-        )
-        return iter(loader)
+            parts: Iterator[Any] = iter(self.dataset)
+        else:
+            parts = iter(torch.utils.data.DataLoader(
+                self.dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_collate_passthrough,
+                worker_init_fn=_worker_init, persistent_workers=False,
+                pin_memory=torch.cuda.is_available() and not train,  # train: pinned when its parts are joined
+            ))
+        if not train:
+            return parts
+        return self._joined(parts)
+
+    def _joined(self, parts: Iterator[Batch | None]) -> Iterator[Batch]:
+        """Each batch from its workers' parts (DataLoader hands them out in worker order, one per worker)."""
+        readers = len(self.spec.plan.readers)
+        pin = self.num_workers > 0 and torch.cuda.is_available()
+        for _ in range(len(self)):
+            yield join_batches(self.spec, [next(parts) for _ in range(readers)], pin)
+
+
+def _train_plan(manifest: dict, split: str, keep: Mapping[str, frozenset[str]] | None, *, epoch: int, seed: int,
+                **kw: Any) -> tuple[TrainPlan, dict[str, Any]]:
+    """The rank's :class:`TrainPlan` and what its workers need to read it (the BatchSpec's training fields)."""
+    urls = [s.url for s in split_shards(manifest, split)]
+    indexes = split_indexes(manifest, split)
+    sizes = [len(index) for index in indexes]
+    starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+    if keep is None:
+        universe = [np.arange(starts[i], starts[i + 1], dtype=np.int64) for i in range(len(sizes))]
+    else:  # only the kept samples: the order, the batch count and len() follow the subset
+        universe = [starts[i] + np.flatnonzero(np.isin(index.keys, [k.encode() for k in keep.get(url, ())]))
+                    for i, (index, url) in enumerate(zip(indexes, urls, strict=True))]
+    plan = plan_train(epoch_order(universe, seed, epoch), split=split, **kw)
+    sample_bytes = sum(int(ix.offsets[-1] - ix.offsets[0]) for ix in indexes) / max(sum(sizes), 1)
+    lanes = max(len(np.unique(r.lanes)) for r in plan.readers)
+    return plan, {"urls": tuple(urls), "offsets": tuple(ix.offsets for ix in indexes), "shard_starts": starts[:-1],
+                  "read_ahead": run_length(lanes, sample_bytes), "seed": seed, "epoch": epoch}
 
 
 def make_loader(
@@ -264,13 +333,17 @@ def make_loader(
     image_size: int | None = None, channels: int = 3,
     mean: tuple[float, ...] = (0.5,), std: tuple[float, ...] = (0.25,),
     shuffle_buffer: int = 1000, with_meta: bool = False, with_masks: bool = False,
-    keep: Mapping[str, frozenset[str]] | None = None,
+    keep: Mapping[str, frozenset[str]] | None = None, start: int = 0, drop_last: bool = True,
 ) -> Loader:
     """The batches ``rank`` reads from ``split`` in ``epoch`` (see the module doc for the policies).
 
     Yields :class:`Batch` es: ``images``, ``labels`` and ``keys`` always; ``masks`` with
     ``with_masks``; ``meta`` (each sample's ``.json`` plus ``key``) with ``with_meta``. ``keep`` (shard
     URL -> sample keys, e.g. :func:`radimagenet.data.subset.label_subset`) reads only those samples.
+    Training: ``start`` is the global position in the epoch's order to begin at (a resumed run:
+    :meth:`Loader.position` of the interrupted one, with any world size); ``drop_last`` as in
+    :func:`radimagenet.data.plan.plan_train`. ``shuffle_buffer`` is no longer used (the epoch order
+    mixes the whole split; kept so that callers and configs stay valid).
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
@@ -287,13 +360,13 @@ def make_loader(
     shards = split_shards(manifest, split)
     if keep is not None:  # plan by the kept counts: quotas and len() follow the subset
         shards = [dataclasses.replace(s, samples=len(keep[s.url])) for s in shards if keep.get(s.url)]
-    if train:
-        plan = plan_train(shards, batch_size=batch_size, rank=rank, world_size=world_size,
-                          num_workers=num_workers, epoch=epoch, seed=seed, split=split)
-    else:
+    transform = Transform(size, train, manifest["encoding"], with_masks)
+    labels = len(manifest["classes"]) if is_multi_label(manifest) else 0
+    if not train:
         plan = plan_eval(shards, batch_size=batch_size, rank=rank, world_size=world_size,
                          num_workers=num_workers)
-    transform = Transform(size, train, manifest["encoding"], with_masks)
-    spec = BatchSpec(plan, transform, normalise, shuffle_buffer if train else 0, with_meta, with_masks, keep)
-    return Loader(spec, num_workers)
+        return Loader(BatchSpec(plan, transform, normalise, 0, with_meta, with_masks, keep, labels), num_workers)
+    plan, reads = _train_plan(manifest, split, keep, batch_size=batch_size, rank=rank, world_size=world_size,
+                              num_workers=num_workers, epoch=epoch, seed=seed, start=start, drop_last=drop_last)
+    return Loader(BatchSpec(plan, transform, normalise, 0, with_meta, with_masks, None, labels, **reads), num_workers)
 

@@ -24,10 +24,12 @@ from radimagenet.io import storage
 FORMAT = "radimagenet-dataset/1"  # manifest["format"]; readers refuse anything else
 ENCODINGS = ("npy", "png")  # image member extensions (manifest["encoding"])
 SPLITS = ("train", "val", "test")  # the splits an ingest writes, in manifest order
-LABEL_EXT = "cls"  # label id as ASCII decimal
+LABEL_EXT = "cls"  # label id as ASCII decimal; a multi-label sample's ids comma-separated ("3,7")
 META_EXT = "json"  # non-identifying metadata
 MASK_EXT = "mask.png"  # optional 0/1 mask, same size as the image
 MANIFEST_NAME = "manifest.json"
+INDEX_DIR = "_index"  # per-shard sample indexes: <prefix>/_index/<split>-NNNNNN.json
+INDEX_FORMAT = "radimagenet-shard-index/1"  # an index's "format"; readers rebuild anything else
 
 
 # --------------------------------------------------------------------------------------------------
@@ -82,6 +84,13 @@ def manifest_uri(uri: str) -> str:
     return uri if uri.endswith(".json") else f"{uri}/{MANIFEST_NAME}"
 
 
+def index_uri(shard_url: str) -> str:
+    """``s3://b/ds/train-000003.tar`` -> ``s3://b/ds/_index/train-000003.json``: where a shard's sample
+    index lives (written by the shard writer, or built from the shard once and cached there)."""
+    prefix, _, name = shard_url.rpartition("/")
+    return f"{prefix}/{INDEX_DIR}/{name.removesuffix('.tar')}.json"
+
+
 def modality_of(class_name: str) -> str:
     """``"CT/lung/nodule"`` -> ``"CT"`` (the modality is the first path component of a label)."""
     return class_name.split("/", 1)[0] if "/" in class_name else class_name
@@ -101,11 +110,45 @@ class Sample:
     key: str
     split: str
     patient: str  # pseudonym
-    label_id: int
+    label_id: int  # the label (multi-label: the first of ``label_ids``)
     image: bytes  # encoded image member (manifest encoding)
     meta: bytes  # json member
     mask: bytes | None = None  # mask.png member
     patient_source: str = ""  # where the patient came from: column, dicom, or file (one patient per file)
+    label_ids: tuple[int, ...] = ()  # multi-label datasets: every label of the sample (sorted ids)
+
+
+def encode_label(sample: Sample) -> bytes:
+    """The ``cls`` member of ``sample``: ``b"3"``, or ``b"3,7"`` for a multi-label sample."""
+    ids = sample.label_ids or (sample.label_id,)
+    return ",".join(str(i) for i in ids).encode()
+
+
+def decode_label(data: bytes | str) -> tuple[int, ...]:
+    """The label ids in a ``cls`` member (one for a single-label dataset); ValueError if it is not one."""
+    text = data.decode() if isinstance(data, bytes | bytearray) else data
+    ids = tuple(int(part) for part in text.strip().split(","))
+    if any(i < 0 for i in ids):
+        raise ValueError(f"negative label id in {text!r}")
+    return ids
+
+
+def label_text(label_ids: tuple[int, ...] | list[int] | int) -> str:
+    """A sample's labels as the digest and the shard records name them: ``"3"`` or ``"3,7"``."""
+    return str(label_ids) if isinstance(label_ids, int) else ",".join(str(i) for i in label_ids)
+
+
+LABEL_SEP = "|"  # multi-label: the separator of an image's class names (labels CSV, predictions CSV)
+
+
+def label_names(label: str, multi_label: bool) -> list[str]:
+    """The class names of a ``label`` cell: itself, or (multi-label) its ``|``-separated names."""
+    return label.split(LABEL_SEP) if multi_label else [label]
+
+
+def is_multi_label(manifest: dict) -> bool:
+    """Whether a dataset's images carry several labels each (``radimagenet ingest --multi-label``)."""
+    return bool(manifest.get("multi_label", False))
 
 
 @dataclass(frozen=True)
@@ -125,7 +168,8 @@ def split_shards(manifest: dict, split: str) -> list[ShardRef]:
 
 
 def class_counts(manifest: dict, split: str) -> list[int]:
-    """Samples per class id in ``split`` (from the manifest; for loss weighting or sampling)."""
+    """Samples per class id in ``split`` (from the manifest; for loss weighting or sampling). Multi-label:
+    the samples that carry each label (they sum to more than the split's samples)."""
     per_name = manifest["splits"][split].get("classes", {})
     return [int(per_name.get(name, 0)) for name in manifest["classes"]]
 
@@ -170,6 +214,8 @@ def validate_manifest(manifest: Any, where: str = "manifest") -> dict:
         raise ConfigError(f"{where}: 'image_size' must be a positive integer")
     if manifest["encoding"] not in ENCODINGS:
         raise ConfigError(f"{where}: encoding {manifest['encoding']!r} is not one of {list(ENCODINGS)}")
+    if not isinstance(manifest.get("multi_label", False), bool):
+        raise ConfigError(f"{where}: 'multi_label' must be true or false")
     if manifest.get("split_unit", "patient") not in SPLIT_UNITS:
         raise ConfigError(f"{where}: split_unit {manifest['split_unit']!r} is not one of {list(SPLIT_UNITS)}")
     splits = manifest["splits"]

@@ -22,6 +22,7 @@ from radimagenet.dataset.format import (
     META_EXT,
     Sample,
     check_key,
+    encode_label,
     member_name,
     split_member_name,
 )
@@ -59,7 +60,7 @@ def tar_header(name: str, size: int) -> bytes:
 def sample_members(sample: Sample, encoding: str) -> list[tuple[str, bytes]]:
     """A sample's tar members in shard order: image (``encoding``), ``cls``, ``json``[, ``mask.png``]."""
     key = check_key(sample.key)
-    members = [(encoding, sample.image), (LABEL_EXT, str(sample.label_id).encode()), (META_EXT, sample.meta)]
+    members = [(encoding, sample.image), (LABEL_EXT, encode_label(sample)), (META_EXT, sample.meta)]
     if sample.mask is not None:
         members.append((MASK_EXT, sample.mask))
     return [(member_name(key, ext), data) for ext, data in members]
@@ -76,6 +77,11 @@ def tar_bytes(members: Iterable[tuple[str, bytes]]) -> bytes:
 def encode_sample(sample: Sample, encoding: str) -> bytes:
     """A sample's tar entries, joined: what a shard writer appends (one write per sample)."""
     return tar_bytes(sample_members(sample, encoding))
+
+
+def encoded_size(sample: Sample, encoding: str) -> int:
+    """``len(encode_sample(sample, encoding))`` without building it (the ingest plans shards by it)."""
+    return sum(BLOCK + len(data) + (-len(data) % BLOCK) for _, data in sample_members(sample, encoding))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -101,17 +107,19 @@ def _pax_records(data: bytes) -> dict[str, str]:
     return out
 
 
-def iter_tar(stream: Any, where: str = "tar", chunk: int = READ_CHUNK) -> Iterator[tuple[str, bytearray]]:
-    """``(name, data)`` of the regular files of a tar stream (ustar, GNU long names, pax), in order.
+def iter_tar(stream: Any, where: str = "tar", chunk: int = READ_CHUNK, spans: bool = False) -> Iterator[tuple]:
+    """``(name, data)`` of the regular files of a tar stream (ustar, GNU long names, pax), in order;
+    with ``spans``, ``(name, data, start, end)``: the member's bytes in the stream, from its first
+    header (long-name and pax headers included) to the end of its padded data (the shard index).
 
     ``data`` is a (writable) ``bytearray``, so arrays decoded from it can become tensors without a copy.
     Reads ``chunk`` bytes at a time from any object with ``read(n)``; a corrupt or truncated stream
     is a :class:`StorageError` naming ``where``.
     """
-    buf, pos, eof = bytearray(), 0, False
+    buf, pos, eof, base = bytearray(), 0, False, 0  # base: the stream offset of buf[0]
 
     def fill(n: int) -> bool:
-        nonlocal buf, pos, eof
+        nonlocal buf, pos, eof, base
         if len(buf) - pos >= n:
             return True
         parts = [buf[pos:]]
@@ -123,12 +131,17 @@ def iter_tar(stream: Any, where: str = "tar", chunk: int = READ_CHUNK) -> Iterat
                 break
             parts.append(data)
             have += len(data)
-        buf, pos = bytearray().join(parts), 0
+        base += pos
+        whole = len(parts) == 2 and not parts[0] and isinstance(parts[1], bytearray)  # a buffer handed over whole
+        buf, pos = parts[1] if whole else bytearray().join(parts), 0
         return have >= n
 
     long_name: str | None = None
     pax: dict[str, str] = {}
+    start = 0
     while fill(BLOCK):
+        if long_name is None and not pax:
+            start = base + pos
         header = buf[pos : pos + BLOCK]
         if header.count(0) == BLOCK:
             return
@@ -149,7 +162,8 @@ def iter_tar(stream: Any, where: str = "tar", chunk: int = READ_CHUNK) -> Iterat
         data = buf[pos : pos + size]
         pos += padded
         if kind in (b"0", b"\0", b"7"):
-            yield pax.get("path", long_name or name), data
+            path = pax.get("path", long_name or name)
+            yield (path, data, start, base + pos) if spans else (path, data)
             long_name, pax = None, {}
         elif kind == b"L":
             long_name = data.split(b"\0", 1)[0].decode()

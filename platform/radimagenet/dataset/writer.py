@@ -3,10 +3,13 @@
 Tar members are plain ustar entries written directly (see :mod:`radimagenet.dataset.tar`).
 A :class:`ShardWriter` is a context manager (mosaicml/streaming style). Each shard is one multipart
 upload that becomes visible only when the shard is complete; ``on_shard`` is called after that with
-the shard's record, which the driver journals. Completing a shard (its last part, the completion
-request, ``on_shard``) runs on a background thread while the caller fills the next shard; ``close``
-waits for all of them and raises the first error. Tar members are written deterministically (fixed
-mtime, owner and mode) so equal samples give byte-identical shards.
+the shard's record, which the driver journals (``stage=True``: the upload is left uncompleted in
+``staged`` for the caller to complete: workers upload, the lease holder makes shards visible).
+Completing a shard (its last part, the completion request, ``on_shard``) runs on a background thread
+while the caller fills the next shard; ``close`` waits for all of them and raises the first error.
+Tar members are written deterministically (fixed mtime, owner and mode) so equal samples give
+byte-identical shards. Each record carries the shard's sample index (``offsets``, with the members'
+keys), written to ``_index/`` right after the shard's upload (:mod:`radimagenet.dataset.index`).
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from radimagenet.dataset.format import Sample, shard_name
+from radimagenet.dataset.index import write_index
 from radimagenet.dataset.tar import END_OF_ARCHIVE, encode_sample
-from radimagenet.io.storage import S3Uri, S3Writer
+from radimagenet.io.storage import S3Uri, S3Writer, Staged
 
 
 @dataclass
@@ -35,6 +39,8 @@ class ShardRecord:
     sha256: str
     # index, source, key, label_id, patient, patient_source (per member)
     members: list[dict[str, Any]] = field(default_factory=list)
+    # the shard's sample index (dataset/index.py): sample i is bytes [offsets[i], offsets[i + 1])
+    offsets: list[int] = field(default_factory=list)
 
     def manifest_entry(self) -> dict[str, Any]:
         """The shard's entry in ``manifest["splits"][split]["shards"]``."""
@@ -73,8 +79,11 @@ class ShardWriter:
         target_bytes: int,
         first_index: int = 0,
         on_shard: Callable[[ShardRecord], None] | None = None,
+        stage: bool = False,
     ):
         self.prefix, self.split, self.encoding = prefix, split, encoding
+        self.stage = stage  # True: uploads are left uncompleted in ``staged`` for the caller to complete
+        self.staged: dict[int, Staged] = {}  # shard index -> its staged upload (``stage=True``)
         self.target_bytes = target_bytes
         self.next_index = first_index
         self.on_shard = on_shard
@@ -95,11 +104,13 @@ class ShardWriter:
         if self._open is None:
             self._start()
         s3, sink, record = self._open
+        record.offsets.append(sink.size)
         sink.write(encode_sample(sample, self.encoding))
         record.samples += 1
         record.members.append(
             {"index": sample.index, "source": sample.source, "key": sample.key,
-             "label_id": sample.label_id, "patient": sample.patient, "patient_source": sample.patient_source}
+             "label_id": sample.label_id, "patient": sample.patient, "patient_source": sample.patient_source,
+             **({"label_ids": list(sample.label_ids)} if sample.label_ids else {})}
         )
         if sink.size >= self.target_bytes:
             self.finish_shard()
@@ -112,6 +123,7 @@ class ShardWriter:
             self._pending.pop(0).result()  # an error here leaves this shard open for abort()
         s3, sink, record = self._open
         self._open = None
+        record.offsets.append(sink.size)  # where the last sample ends
         sink.write(END_OF_ARCHIVE)
         record.bytes, record.sha256 = sink.size, sink.sha.hexdigest()
         if self._pool is None:
@@ -119,7 +131,11 @@ class ShardWriter:
         self._pending.append(self._pool.submit(self._commit, s3, record))
 
     def _commit(self, s3: S3Writer, record: ShardRecord) -> None:
-        s3.commit()
+        if self.stage:  # the caller completes it (an ingest's driver, under the prefix's lease)
+            self.staged[record.index] = s3.stage()
+        else:
+            s3.commit()
+        write_index(record.url, record.sha256, [m["key"] for m in record.members], record.offsets)
         self.records.append(record)
         if self.on_shard:
             self.on_shard(record)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from radimagenet.dataset.format import Sample, pixel_key
+from radimagenet.dataset.format import Sample, label_names, pixel_key
 from radimagenet.ingest import decode
 from radimagenet.ingest.deid import clean_meta, patient_key, source_pseudonym, split_of
 from radimagenet.ingest.sources import InputRow
@@ -36,6 +36,7 @@ class Context:
     fractions: tuple[float, float, float]
     patient_from: str
     text_check: str = "off"  # which images the pixel text check sees (textcheck.checks)
+    multi_label: bool = False  # a row's label lists several |-separated class names
 
 
 @dataclass
@@ -127,10 +128,13 @@ def process_row(row: InputRow, ctx: Context) -> Sample | Reject:
                       f"give a patient_id column, --split-csv files or --split-unit image")
     patient = patient_key(ctx.secret, identity)
     split = row.split or split_of(patient, ctx.fractions)
-    label_id = ctx.class_ids[row.label]
+    label_ids = tuple(sorted(ctx.class_ids[n] for n in label_names(row.label, ctx.multi_label)))
+    label_id = label_ids[0]
     dropped: list[str] = []
     meta = clean_meta(decoded.meta, dropped)
     meta.update(label=row.label, label_id=label_id, split=split, patient=patient, patient_source=origin)
+    if ctx.multi_label:
+        meta["label_ids"] = list(label_ids)
     if dropped:
         meta["dropped_fields"] = dropped
     resized = decode.resize(decoded.image, ctx.image_size)
@@ -145,6 +149,7 @@ def process_row(row: InputRow, ctx: Context) -> Sample | Reject:
         meta=json.dumps(meta, sort_keys=True).encode(),
         mask=mask,
         patient_source=origin,
+        label_ids=label_ids if ctx.multi_label else (),
         dropped=tuple(dropped),
     )
 

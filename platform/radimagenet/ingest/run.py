@@ -2,9 +2,12 @@
 pre-flight checks), ordered (serial or Ray-parallel) processing, duplicates, then ``report.jsonl`` and
 ``manifest.json``.
 
-Results are consumed in input order whatever the parallelism, so serial and parallel ingests write
-the same samples to the same shards. A shard is journaled (``_journal/``) once its upload completes;
-a re-run with the same arguments skips every input already in a journaled shard.
+With Ray workers the driver handles small records only (``ingest/shards.py``): workers decode and keep
+the samples' bytes; the driver takes their entries in input order (duplicates, patient splits, the
+shard plan); shard tasks write and upload the planned shards; the driver completes each upload and
+journals it. Serial and parallel ingests write the same samples to the same shards. A shard is
+journaled (``_journal/``) once its upload completes; a re-run with the same arguments skips every
+input already in a journaled shard.
 
 Nothing on S3 names a source path: report lines and journal records name an input by its keyed
 pseudonym (``src-...``), and the pseudonym -> path map is written locally, beside the secret.
@@ -14,18 +17,20 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import hashlib
 import hmac
 import json
 import os
+import pickle
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from radimagenet.dataset.format import FORMAT, SPLITS, Sample, manifest_uri, split_unit_of
-from radimagenet.dataset.writer import ShardRecord, ShardWriter
+from radimagenet.dataset.format import FORMAT, SPLITS, Sample, label_text, manifest_uri, split_unit_of
+from radimagenet.dataset.writer import ShardRecord
 from radimagenet.errors import ConfigError
 from radimagenet.ingest import decode
 from radimagenet.ingest.config import IngestConfig
@@ -37,9 +42,21 @@ from radimagenet.ingest.deid import (
     source_pseudonym,
 )
 from radimagenet.ingest.process import Context, Reject, process_rows
+from radimagenet.ingest.shards import (
+    Entry,
+    LocalShards,
+    RayShards,
+    chunk_size,
+    commit_shard,
+    connected,
+    get_result,
+    pickle_rows,
+    process_chunk,
+    task_options,
+)
 from radimagenet.ingest.sources import InputRow, class_list, read_inputs
 from radimagenet.ingest.splits import assign_splits, check_patient_identity, read_split_files
-from radimagenet.ingest.target import check_target, clear_journal, journal_shard, preflight, remove_orphans
+from radimagenet.ingest.target import check_target, clear_journal, preflight, remove_orphans
 from radimagenet.ingest.textcheck import require_detector
 from radimagenet.io import lease, storage
 
@@ -68,25 +85,27 @@ def _chunks(rows: list[InputRow], size: int) -> list[list[InputRow]]:
     return [rows[i : i + size] for i in range(0, len(rows), size)]
 
 
-def run_chunks(chunks: list[list[InputRow]], ctx: Context, workers: int) -> Iterator[list[Sample | Reject]]:
-    """Results of each chunk, in chunk order: in-process for 1 worker, else as Ray tasks."""
+def run_chunks(chunks: list[list[InputRow]], ctx: Context, workers: int,
+               options: dict[str, Any] | None = None) -> Iterator[tuple[list[Sample | Entry | Reject], Any]]:
+    """``(results, parts)`` of each chunk, in chunk order: for 1 worker, in-process, the samples themselves
+    (``parts`` None); else Ray tasks' entries, and ``parts``, the refs of their samples per split (the
+    driver never fetches those). Ray must be connected for more than 1 worker."""
     if workers == 1:
         for chunk in chunks:
-            yield process_rows(chunk, ctx)
+            yield process_rows(chunk, ctx), None
         return
     import ray
 
-    from radimagenet.io import cluster
-
-    with cluster.connect(num_cpus=workers, log_to_driver=False, include_dashboard=False, stack_head=False):
-        task = ray.remote(num_cpus=1, max_retries=3)(process_rows)
-        ctx_ref = ray.put(ctx)
-        pending = iter(chunks)
-        inflight = collections.deque(task.remote(c, ctx_ref) for c in _take(pending, 2 * workers))
-        while inflight:
-            result = ray.get(inflight.popleft())
-            inflight.extend(task.remote(c, ctx_ref) for c in _take(pending, 1))
-            yield result
+    task = ray.remote(process_chunk).options(num_cpus=1, max_retries=3, num_returns=1 + len(SPLITS),
+                                             **(options or {}))
+    ctx_ref = ray.put(ctx)
+    pending = iter(chunks)
+    inflight = collections.deque(task.remote(pickle_rows(c), ctx_ref) for c in _take(pending, 2 * workers))
+    while inflight:
+        refs = inflight.popleft()
+        entries = pickle.loads(get_result(refs[0]))
+        inflight.extend(task.remote(pickle_rows(c), ctx_ref) for c in _take(pending, 1))
+        yield entries, refs[1:]
 
 
 def _take(it: Iterator, n: int) -> list:
@@ -109,27 +128,28 @@ class _State:
     rejected: int = 0  # rejects so far (the progress bar's count, kept O(1) per chunk)
     dropped: dict[int, tuple[str, ...]] = dataclasses.field(default_factory=dict)  # written index -> fields
 
-    def handle(self, res: Sample | Reject, writers: dict[str, ShardWriter]) -> None:
+    def handle(self, res: Sample | Entry | Reject) -> bool:
+        """Account for one result, in input order; True when it is to be written."""
         if isinstance(res, Reject):
             self.lines[res.index] = _line(res.source, "rejected", reason=f"{res.reason}: {res.detail}")
             self.rejected += 1
-            return
+            return False
         if res.key in self.first_of_key:
             source, split = self.first_of_key[res.key]
             self.lines[res.index] = _line(res.source, "duplicate", key=res.key, split=split, duplicate_of=source)
-            return
+            return False
         known = self.split_of_patient.setdefault(res.patient, res.split)
         if known != res.split:
             reason = f"split_conflict: this patient is already in {known!r}, this input is given {res.split!r}"
             self.lines[res.index] = _line(res.source, "rejected", reason=reason)
             self.rejected += 1
-            return
+            return False
         dropped = getattr(res, "dropped", ())
         if dropped:  # before write: a full shard is journaled (with these) from the writer's thread
             self.dropped[res.index] = dropped
-        writers[res.split].write(res)
         self.first_of_key[res.key] = (res.source, res.split)
         self.lines[res.index] = _line(res.source, "written", key=res.key, split=res.split)
+        return True
 
 
 def _line(source: str, status: str, key=None, split=None, reason=None, duplicate_of=None) -> dict:
@@ -141,7 +161,8 @@ def _line(source: str, status: str, key=None, split=None, reason=None, duplicate
 
 def dataset_digest(records: list[ShardRecord], cfg: IngestConfig) -> str:
     """SHA-256 over the sorted (split, key, label_id) triples, image size and encoding."""
-    triples = sorted((r.split, m["key"], m["label_id"]) for r in records for m in r.members)
+    triples = sorted((r.split, m["key"], label_text(m.get("label_ids") or m["label_id"]))
+                     for r in records for m in r.members)
     h = hashlib.sha256(f"{cfg.image_size}:{cfg.encoding}\n".encode())
     for t in triples:
         h.update(f"{t[0]}\t{t[1]}\t{t[2]}\n".encode())
@@ -171,7 +192,8 @@ def build_manifest(cfg: IngestConfig, classes: list[str], records: list[ShardRec
     splits: dict[str, Any] = {}
     for split in SPLITS:
         recs = [r for r in records if r.split == split]
-        counts = collections.Counter(classes[m["label_id"]] for r in recs for m in r.members)
+        counts = collections.Counter(classes[i] for r in recs for m in r.members
+                                     for i in (m.get("label_ids") or (m["label_id"],)))
         splits[split] = {
             "samples": sum(r.samples for r in recs),
             "classes": {c: counts.get(c, 0) for c in classes},
@@ -191,6 +213,7 @@ def build_manifest(cfg: IngestConfig, classes: list[str], records: list[ShardRec
         "channels": 1,
         "encoding": cfg.encoding,
         "has_masks": has_masks,
+        "multi_label": cfg.multi_label,
         "split_unit": unit,
         "splits": splits,
         "counts": {
@@ -243,12 +266,12 @@ def ingest(cfg: IngestConfig, secret: bytes, progress: bool | None = None, sourc
     """Run (or finish) an ingest and return its manifest. The map from the source pseudonyms of the
     report back to paths is written locally to ``source_map`` (default: ``deid.source_map_path``)."""
     require_detector(cfg.text_check)  # --text-check without its extra stops here, before any work
-    rows = read_inputs(cfg.source, cfg.labels)
+    rows = read_inputs(cfg.source, cfg.labels, cfg.multi_label)
     files = read_split_files(cfg.split_csv, cfg.source, secret) if cfg.split_csv else None
     if files is not None:
         rows = assign_splits(rows, files)
     check_patient_identity(rows, cfg.split_unit, cfg.patient_from, cfg.source)
-    classes = class_list(rows)
+    classes = class_list(rows, cfg.multi_label)
     if not classes:
         where = "in the labels file (--labels)" if cfg.labels else "under SOURCE (no file is inside a label folder)"
         raise ConfigError(f"no usable labels {where}")
@@ -272,6 +295,7 @@ def _write(cfg: IngestConfig, rows: list[InputRow], classes: list[str], secret: 
                                        max_megapixels=cfg.max_megapixels, allow_burned_in=cfg.allow_burned_in),
         image_size=cfg.image_size, encoding=cfg.encoding, secret=secret,
         fractions=tuple(cfg.split_fractions), patient_from=cfg.patient_from, text_check=cfg.text_check,
+        multi_label=cfg.multi_label,
     )
     state = _State(first_of_key={}, split_of_patient={}, lines={})
     state.dropped.update((i, tuple(fields)) for i, fields in dropped.items())
@@ -281,33 +305,30 @@ def _write(cfg: IngestConfig, rows: list[InputRow], classes: list[str], secret: 
             state.split_of_patient[m["patient"]] = rec.split
             state.lines[m["index"]] = _line(m["source"], "written", key=m["key"], split=rec.split)
     records = list(done)
-
-    def on_shard(record: ShardRecord) -> None:
-        held.check()  # a writer whose lease was taken over stops before it records anything more
-        journal_shard(out, record, state.dropped)
-        records.append(record)
-
     pending = [r for r in rows if r.index not in state.lines]
     first = {s: 1 + max((r.index for r in done if r.split == s), default=-1) for s in SPLITS}
-    writers = {s: ShardWriter(out, s, cfg.encoding, cfg.shard_size, first[s], on_shard) for s in SPLITS}
+    commit = functools.partial(commit_shard, held, out, state.dropped, records)
     bar = _progress(len(rows), len(rows) - len(pending), progress)
-    try:
-        for results in run_chunks(_chunks(pending, cfg.chunk_size), ctx, cfg.workers):
-            held.check()  # a writer whose lease was taken over stops here, aborting its own uploads
-            for res in results:
-                state.handle(res, writers)
-            bar.update(len(results))
-            bar.set_postfix(rejected=state.rejected)
-        for w in writers.values():  # every split's last shard uploads at the same time
-            w.finish_shard()
-        for w in writers.values():
-            w.close()
-    except BaseException:
-        for w in writers.values():
-            w.abort()
-        raise
-    finally:
-        bar.close()
+    with connected(cfg.workers):
+        options = task_options()
+        shards = (LocalShards(out, cfg.encoding, cfg.shard_size, first, commit) if cfg.workers == 1 else
+                  RayShards(out, cfg.encoding, cfg.shard_size, first, commit, cfg.workers, options))
+        try:
+            chunks = _chunks(pending, chunk_size(cfg, len(pending)))
+            for results, parts in run_chunks(chunks, ctx, cfg.workers, options):
+                held.check()  # a writer whose lease was taken over stops here, aborting its own uploads
+                for res in results:
+                    if state.handle(res):
+                        shards.add(res, parts)
+                shards.poll()
+                bar.update(len(results))
+                bar.set_postfix(rejected=state.rejected)
+            shards.finish()
+        except BaseException:
+            shards.abort()
+            raise
+        finally:
+            bar.close()
     lines = [state.lines[r.index] for r in rows]
     records.sort(key=lambda r: (SPLITS.index(r.split), r.index))
     held.check()

@@ -9,7 +9,9 @@ writing.
 
 from __future__ import annotations
 
-from radimagenet.dataset.format import manifest_uri
+import json
+
+from radimagenet.dataset.format import INDEX_DIR, index_uri, manifest_uri
 from radimagenet.dataset.writer import ShardRecord
 from radimagenet.errors import ConfigError
 from radimagenet.ingest.config import IngestConfig
@@ -42,10 +44,11 @@ def load_journal(out: S3Uri) -> tuple[dict | None, list[ShardRecord], dict[int, 
 
 
 def journal_shard(out: S3Uri, record: ShardRecord, dropped: dict[int, tuple[str, ...]]) -> None:
-    # vars, not dataclasses.asdict: asdict deep-copies every member dict (17 us per sample)
+    # vars, not dataclasses.asdict: asdict deep-copies every member dict (17 us per sample); compact JSON:
+    # the indenting encoder is pure Python (4.6 against 1.5 us per member, on the driver's thread)
     mine = {str(m["index"]): list(dropped[m["index"]]) for m in record.members if m["index"] in dropped}
-    storage.write_json(_journal(out).join(f"{record.split}-{record.index:06d}.json"),
-                       vars(record) | {"dropped_fields": mine} if mine else vars(record))
+    body = json.dumps(vars(record) | {"dropped_fields": mine} if mine else vars(record)).encode()
+    storage.write_bytes(_journal(out).join(f"{record.split}-{record.index:06d}.json"), body, "application/json")
 
 
 def clear_journal(out: S3Uri) -> None:
@@ -97,9 +100,13 @@ def preflight(cfg: IngestConfig, fingerprint: dict, held: lease.Lease) -> tuple[
 
 
 def remove_orphans(out: S3Uri, records: list[ShardRecord]) -> None:
-    """Delete shard objects no journal names (uploaded just before an interruption, then superseded)."""
+    """Delete shard objects no journal names (uploaded just before an interruption, then superseded), and
+    the sample indexes (``_index/``) of shards that are not kept."""
     keep = {r.url for r in records}
+    indexes = {index_uri(url) for url in keep}
     for uri in storage.list_keys(out):
         name = uri.rsplit("/", 1)[-1]
         if name.endswith(".tar") and "/_journal/" not in uri and uri not in keep:
+            storage.delete(uri)
+        elif f"/{INDEX_DIR}/" in uri and name.endswith(".json") and uri not in indexes:
             storage.delete(uri)

@@ -31,16 +31,27 @@ CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOK
 SHIP_FLAG = "RADIMAGENET_SHIP_CREDENTIALS"
 #: The driver's variables with these prefixes are given to Ray Train workers (see ``worker_env``).
 FORWARDED_ENV_PREFIXES = ("AWS_", "MLFLOW_", "RADIMAGENET_")
+#: Settings of the driver's own machine, never given to workers (each node has its own).
+NODE_LOCAL_ENV = ("RADIMAGENET_HOME",)
+
+
+def _loopback(value: str) -> bool:
+    """Whether ``value`` is a URL of this machine's loopback (``http://127.0.0.1:8333``, ``localhost``)."""
+    host = urlparse(value).hostname if "://" in value else None
+    return host is not None and (host == "localhost" or host.startswith("127.") or host == "::1")
 
 
 def worker_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """Settings the training workers get from the driver. Credentials are left out: Ray shows a
     runtime env to anyone holding the cluster token, and workers inherit them from their node's
-    environment anyway; only a job submitted with ``--ship-credentials`` passes them on."""
+    environment anyway; only a job submitted with ``--ship-credentials`` passes them on. Settings that
+    name the driver's machine (``NODE_LOCAL_ENV``, loopback addresses) are left out too: on another node
+    they would point at that node, whose own environment has the right ones."""
     env = os.environ if environ is None else environ
     ship = env.get(SHIP_FLAG) == "1"
     return {k: v for k, v in env.items()
-            if k.startswith(FORWARDED_ENV_PREFIXES) and (ship or k not in CREDENTIAL_ENV)}
+            if k.startswith(FORWARDED_ENV_PREFIXES) and (ship or k not in CREDENTIAL_ENV)
+            and k not in NODE_LOCAL_ENV and not _loopback(v)}
 
 
 def ray_address() -> str | None:

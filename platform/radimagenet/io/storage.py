@@ -235,6 +235,36 @@ def abort_multipart_uploads(prefix_uri: str | S3Uri) -> int:
     return n
 
 
+@dataclass(frozen=True)
+class Staged:
+    """A multipart upload whose parts are all uploaded but which is not completed: nothing is visible
+    at ``uri`` until :func:`complete_upload` (plain data: one process uploads, another completes)."""
+
+    uri: str
+    upload_id: str
+    parts: tuple[tuple[int, str], ...]  # (PartNumber, ETag)
+
+
+def complete_upload(staged: Staged) -> None:
+    """Make a staged upload's object visible (one request)."""
+    u = parse_uri(staged.uri)
+    parts = [{"PartNumber": n, "ETag": etag} for n, etag in staged.parts]
+    try:
+        client().complete_multipart_upload(Bucket=u.bucket, Key=u.key, UploadId=staged.upload_id,
+                                           MultipartUpload={"Parts": parts})
+    except Exception as exc:  # noqa: BLE001
+        raise _wrap(exc, staged.uri) from exc
+
+
+def abort_upload(staged: Staged) -> None:
+    """Drop a staged upload (best effort: an upload left behind is invisible and costs only storage)."""
+    u = parse_uri(staged.uri)
+    try:
+        client().abort_multipart_upload(Bucket=u.bucket, Key=u.key, UploadId=staged.upload_id)
+    except Exception:  # noqa: BLE001
+        pass
+
+
 class S3Writer(io.RawIOBase):
     """A write-only file object that streams to S3 with a multipart upload.
 
@@ -323,6 +353,20 @@ class S3Writer(io.RawIOBase):
             self.abort()
             raise
         self._close()
+
+    def stage(self) -> Staged:
+        """Upload everything written as parts and return the upload without completing it (also a small
+        object: a single part may be smaller than the 5 MiB minimum); on error the upload is aborted."""
+        try:
+            if self._buffered or self._upload_id is None:
+                self._flush_part()
+            parts = tuple((p["PartNumber"], p["ETag"]) for p in (f.result() for f in self._parts))
+        except BaseException:
+            self.abort()
+            raise
+        staged = Staged(str(self.uri), self._upload_id or "", parts)
+        self._close()
+        return staged
 
     def abort(self) -> None:
         """Drop everything written so far."""

@@ -46,10 +46,13 @@ def create_model(
 
 
 def imagenet_weights_file(arch: str, weights_file: str = "") -> str:
-    """A local file with timm's ImageNet weights for ``arch``: ``weights_file``, else the HF cache.
+    """A local file with timm's ImageNet weights for ``arch``: ``weights_file`` (a local path, or an
+    ``s3://`` object copied once into this node's temp folder), else the HF cache.
 
-    Never downloads; a clear ConfigError says how to provide the file when there is none.
+    Never downloads from a hub; a clear ConfigError says how to provide the file when there is none.
     """
+    if weights_file.startswith("s3://"):
+        return _s3_weights(weights_file)
     if weights_file:
         if not os.path.isfile(weights_file):
             raise ConfigError(f"model.weights_file {weights_file} does not exist")
@@ -68,6 +71,29 @@ def imagenet_weights_file(arch: str, weights_file: str = "") -> str:
         f"init=imagenet: no local ImageNet weights for {arch!r} (HF cache: {hub_id or 'no hub id'}); weights are "
         "never downloaded at run time: put timm's weights file on this machine and pass model.weights_file=PATH"
     )
+
+
+def _s3_weights(uri: str) -> str:
+    """The local copy of the weights object ``uri`` (one per node, reused: the name holds the URI's hash)."""
+    import hashlib
+    import tempfile
+
+    from radimagenet.errors import StorageError
+    from radimagenet.io import storage
+
+    folder = os.path.join(tempfile.gettempdir(), "radimagenet-weights")
+    path = os.path.join(folder, f"{hashlib.sha256(uri.encode()).hexdigest()[:16]}-{uri.rsplit('/', 1)[-1]}")
+    if not os.path.isfile(path):
+        try:
+            data = storage.read_bytes(uri)
+        except StorageError as exc:
+            raise ConfigError(f"model.weights_file {uri}: {exc}") from exc
+        os.makedirs(folder, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)  # atomic: workers of one node may fetch it at once
+    return path
 
 
 def create_imagenet_model(arch: str, num_classes: int, drop_rate: float, weights_file: str) -> Any:

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from radimagenet.dataset.format import LABEL_SEP, label_names
 from radimagenet.errors import ConfigError
 from radimagenet.io import tracking
 from radimagenet.tasks.finetune_config import FinetuneConfig, TaskSpec
@@ -106,7 +107,7 @@ def build_classifier(cfg: FinetuneConfig, manifest: dict, num_classes: int) -> t
     record = make_record(cfg.model.arch, manifest, in_chans=3, image_size=cfg.data.image_size,
                          mean=cfg.data.mean or tuple(model.pretrained_cfg["mean"]),
                          std=cfg.data.std or tuple(model.pretrained_cfg["std"]))
-    record.source = {"init": "imagenet", "weights_file": path}
+    record.source = {"init": "imagenet", "weights_file": cfg.model.weights_file or path}  # s3://: not our copy
     return attach_record(model, record), record
 
 
@@ -142,8 +143,9 @@ def patients_of(out: Any) -> tuple[np.ndarray, int]:
 
 def write_predictions(out: Any, spec: TaskSpec, path: str) -> None:
     """Per-sample test outputs sorted by key (an engine ``Outputs``), enough to recompute every test
-    statistic: classification ``key, patient, label`` (class name), ``p_<class>`` per class (the input
-    of ``radimagenet compare``'s tests); segmentation ``key, label_id, dice, has_lesion``."""
+    statistic: classification ``key, patient, label`` (class name; multi-label: the image's class names
+    joined by ``|``), ``p_<class>`` per class (softmax; multi-label: each label's sigmoid) (the input
+    of ``radimagenet sweep``'s tests); segmentation ``key, label_id, dice, has_lesion``."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     a = out.arrays
     with open(path, "w", newline="") as f:
@@ -154,8 +156,15 @@ def write_predictions(out: Any, spec: TaskSpec, path: str) -> None:
                         for k, y, d, les in zip(out.keys, a["label"], a["dice"], a["lesion"], strict=True))
             return
         w.writerow(["key", "patient", "label"] + [f"p_{c}" for c in spec.classes])
-        w.writerows([k, pt, spec.classes[int(y)], *(repr(float(p)) for p in row)]
+        w.writerows([k, pt, _label_cell(y, spec.classes), *(repr(float(p)) for p in row)]
                     for k, pt, y, row in zip(out.keys, patients_of(out)[0], a["label"], a["probs"], strict=True))
+
+
+def _label_cell(y: Any, classes: tuple[str, ...]) -> str:
+    """A test image's ``label`` cell: its class name, or (multi-hot ``y``) its class names joined by ``|``."""
+    if np.ndim(y) == 0:
+        return classes[int(y)]
+    return LABEL_SEP.join(classes[k] for k in np.flatnonzero(np.asarray(y) > 0.5))
 
 
 @dataclass
@@ -164,24 +173,31 @@ class Predictions:
 
     keys: list[str]
     patients: np.ndarray  # [N] pseudonyms
-    labels: np.ndarray  # [N] class ids (index into classes)
+    labels: np.ndarray  # [N] class ids (index into classes); multi-label: multi-hot [N, K]
     probs: np.ndarray  # [N, K]
     classes: list[str]
 
 
-def read_predictions(text: str) -> Predictions:
-    """The :class:`Predictions` of a classification ``predictions/test.csv`` text."""
+def read_predictions(text: str, multi_label: bool = False) -> Predictions:
+    """The :class:`Predictions` of a classification ``predictions/test.csv`` text (``multi_label``: a
+    ``label`` cell names several classes joined by ``|``, read as a multi-hot row)."""
     rows = list(csv.reader(io.StringIO(text)))
     head, body = rows[0] if rows else [], rows[1:]
     if head[:3] != ["key", "patient", "label"] or not all(h.startswith("p_") for h in head[3:]):
         raise ConfigError(f"{PREDICTIONS_FILE}: expected columns key, patient, label, p_<class>...; got {head[:4]}")
     classes = [h[2:] for h in head[3:]]
     ids = {c: i for i, c in enumerate(classes)}
-    unknown = sorted({r[2] for r in body} - set(ids))
-    if unknown:
-        raise ConfigError(f"{PREDICTIONS_FILE}: labels {unknown[:5]} are not among the p_<class> columns")
-    return Predictions([r[0] for r in body], np.asarray([r[1] for r in body], dtype=str),
-                       np.asarray([ids[r[2]] for r in body], np.int64),
+    names = [label_names(r[2], multi_label) if r[2] else [] for r in body]
+    unknown = sorted({n for row in names for n in row} - set(ids))
+    if unknown or (not multi_label and any(not row for row in names)):
+        raise ConfigError(f"{PREDICTIONS_FILE}: labels {unknown[:5] or ['']} are not among the p_<class> columns")
+    if multi_label:
+        labels = np.zeros((len(body), len(classes)), np.int64)
+        for i, row in enumerate(names):
+            labels[i, [ids[n] for n in row]] = 1
+    else:
+        labels = np.asarray([ids[row[0]] for row in names], np.int64)
+    return Predictions([r[0] for r in body], np.asarray([r[1] for r in body], dtype=str), labels,
                        np.asarray([[float(x) for x in r[3:]] for r in body], np.float64).reshape(len(body), -1),
                        classes)
 
@@ -197,6 +213,7 @@ def write_model(model: Any, record: Any, spec: TaskSpec, manifest: dict, image_s
     save_weights(os.path.join(directory, MODEL_FILE), model)
     rec = dataclasses.replace(record, classes=list(spec.classes), num_classes=len(spec.classes),
                               input_size=(record.in_chans, image_size, image_size), task=spec.task,
+                              multi_label=spec.mode == "multilabel",
                               dataset_digest=str(manifest.get("digest", "")), ingest=decode_settings(manifest),
                               metrics={})
     rec.source = {"finetuned_for": spec.task, "init_record": dict(record.source)}

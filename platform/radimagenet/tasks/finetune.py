@@ -90,10 +90,28 @@ def _resolve_init(cfg: FinetuneConfig, uri: str) -> tuple[FinetuneConfig, dict[s
         return dataclasses.replace(cfg, resolved_backbone=pinned), tags
     check_arch(cfg.model.arch)
     tags |= {"radimagenet.backbone": cfg.init, "radimagenet.arch": cfg.model.arch}
-    if cfg.init == "imagenet":
+    if cfg.init == "imagenet":  # checked here: the driver's copy (an s3:// file stays where it is)
         path = imagenet_weights_file(cfg.model.arch, cfg.model.weights_file)
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights_file=path))
+        if not cfg.model.weights_file.startswith("s3://"):
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights_file=path))
     return cfg, tags
+
+
+def share_weights(cfg: FinetuneConfig) -> FinetuneConfig:
+    """For Ray workers on other nodes: a local ImageNet weights file (``init=imagenet``) is copied next to
+    the run's checkpoints on S3 (once) and ``model.weights_file`` names that copy; each node fetches it.
+    Nothing changes for other inits, an ``s3://`` file, or a local ``checkpoint.storage_path`` (one node)."""
+    from radimagenet.io import storage
+
+    path, root = cfg.model.weights_file, cfg.checkpoint.storage_path.rstrip("/")
+    if cfg.init != "imagenet" or not path or path.startswith("s3://") or not root.startswith("s3://"):
+        return cfg
+    uri = f"{root}/{cfg.tracking.run_name}/imagenet-weights/{path.rsplit('/', 1)[-1]}"
+    if not storage.exists(uri):
+        with open(path, "rb") as f, storage.S3Writer(uri) as out:
+            while chunk := f.read(storage.PART_SIZE):
+                out.write(chunk)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights_file=uri))
 
 
 def finetune(cfg: FinetuneConfig, *, in_process: bool = False) -> FinetuneResult:
@@ -102,6 +120,8 @@ def finetune(cfg: FinetuneConfig, *, in_process: bool = False) -> FinetuneResult
     from radimagenet.train.launch import launch, tracked_run
 
     cfg, manifest, uri, tags = preflight(cfg)
+    if not in_process:
+        cfg = share_weights(cfg)
     version = None
     with tracked_run(cfg, uri, manifest, tags, "finetune") as run:
         out = launch(train_worker, run.cfg, run.config, in_process=in_process, what="fine-tuning")

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from radimagenet.dataset.format import manifest_uri
+from radimagenet.dataset.format import is_multi_label, manifest_uri
 from radimagenet.errors import ConfigError
 from radimagenet.train.config import (
     CheckpointSection,
@@ -57,7 +57,7 @@ class ModelSection:
     arch: str = "resnet50"  # for init=scratch|imagenet (a registered backbone brings its own)
     in_chans: int = 3  # for init=scratch (imagenet: 3; a backbone: its record's)
     drop_rate: float = 0.5  # dropout before the softmax head (RadImageNet recipe)
-    weights_file: str = ""  # init=imagenet: a local timm weights file; empty: look in the HF cache only
+    weights_file: str = ""  # init=imagenet: a timm weights file (local or s3://); empty: the HF cache only
 
 
 @dataclass
@@ -83,7 +83,8 @@ class FinetuneTrainSection(TrainSection):
 
 @dataclass
 class EvalSection:
-    metrics: Literal["auto", "binary", "multiclass"] = "auto"  # auto: binary for 2 classes
+    metrics: Literal["auto", "binary", "multiclass", "multilabel"] = "auto"  # auto: binary for 2 classes,
+    # multilabel for a dataset ingested with --multi-label (a sigmoid per label)
     positive_class: str = ""  # binary: empty = the class that is not "normal" (else class 1)
     threshold_rule: str = "youden"  # youden | closest | sensitivity=0.9 | specificity=0.9 (on validation)
     n_boot: int = 1000  # bootstrap resamples for the AUC interval
@@ -193,7 +194,7 @@ class TaskSpec:
     """What the dataset and config make of the task."""
 
     task: str  # classification | segmentation
-    mode: str  # binary | multiclass | segmentation
+    mode: str  # binary | multiclass | multilabel | segmentation
     classes: tuple[str, ...]
     positive: int  # binary: the positive class id (else -1)
 
@@ -219,6 +220,8 @@ def check_task(cfg: FinetuneConfig, manifest: dict) -> TaskSpec:
         return TaskSpec("segmentation", "segmentation", tuple(classes), -1)
     if len(classes) < 2:
         raise ConfigError(f"classification needs at least 2 classes; dataset {where} has {len(classes)}: {classes}")
+    if is_multi_label(manifest) or cfg.eval.metrics == "multilabel":
+        return _check_multilabel(cfg, manifest, where, classes)
     mode = cfg.eval.metrics if cfg.eval.metrics != "auto" else ("binary" if len(classes) == 2 else "multiclass")
     if mode == "binary" and len(classes) != 2:
         raise ConfigError(f"eval.metrics=binary needs exactly 2 classes; dataset {where} has {len(classes)}: "
@@ -230,6 +233,27 @@ def check_task(cfg: FinetuneConfig, manifest: dict) -> TaskSpec:
                               "AUC and the validation threshold need at least 2")
     positive = positive_index(classes, cfg.eval.positive_class) if mode == "binary" else -1
     return TaskSpec("classification", mode, tuple(classes), positive)
+
+
+def _check_multilabel(cfg: FinetuneConfig, manifest: dict, where: str, classes: list[str]) -> TaskSpec:
+    """A multi-label dataset takes ``eval.metrics`` auto or multilabel; val and test each need a label
+    that some images have and others lack (else no AUC is defined)."""
+    if not is_multi_label(manifest):
+        raise ConfigError(f"eval.metrics=multilabel needs a multi-label dataset (ingest --multi-label); {where} "
+                          "gives each image one label")
+    if cfg.eval.metrics not in ("auto", "multilabel"):
+        raise ConfigError(f"dataset {where} is multi-label (several labels per image): eval.metrics must be auto "
+                          f"or multilabel, not {cfg.eval.metrics}")
+    if cfg.train.label_smoothing:
+        raise ConfigError("train.label_smoothing applies to the softmax head; a multi-label dataset trains a "
+                          "sigmoid per label: set train.label_smoothing=0")
+    for split in ("val", "test"):
+        n = manifest["splits"][split]["samples"]
+        usable = [c for c, k in manifest["splits"][split].get("classes", {}).items() if 0 < k < n]
+        if not usable:
+            raise ConfigError(f"the {split} split of {where} has no label that some images have and others lack: "
+                              "no AUC is defined")
+    return TaskSpec("classification", "multilabel", tuple(classes), -1)
 
 
 def _check_splits(manifest: dict, where: str, task: str) -> None:

@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from radimagenet.config import from_dict, to_dict
+from radimagenet.errors import ConfigError
 from radimagenet.io import storage, tracking
 from radimagenet.tasks import sweep_report
 from radimagenet.tasks.sweep_config import SweepSpec, Trial, slug
-from radimagenet.train.launch import TrainingError
+from radimagenet.train.launch import TrainingError, check_shared_storage
 
 
 @dataclass
@@ -41,13 +42,44 @@ class SweepResult:
         return self.summary["markdown"]
 
 
+# what may change between runs of one sweep without changing a trial's result
+NOT_COMPARED = ("tracking.", "checkpoint.", "scaling.", "data.num_workers", "data.shuffle_buffer")
+
+
+def changed_keys(params: dict[str, str], config: Any) -> list[str]:
+    """The config keys whose value differs from the run's logged params (``key: logged -> now``): a run of
+    the trial under other settings. Keys resolved at run time (None or empty here) and the keys of
+    :data:`NOT_COMPARED` are not compared; nor are params the run did not log."""
+    from radimagenet.config import flatten
+    from radimagenet.dataset.format import manifest_uri
+
+    out = []
+    for key, value in flatten(to_dict(config)).items():
+        if key.startswith(NOT_COMPARED) or key not in params or value is None or value in ("", [], (), {}):
+            continue
+        now, logged = str(value)[:6000], params[key]
+        if key == "data.manifest":
+            now, logged = manifest_uri(now), manifest_uri(logged)
+        if now != logged:
+            out.append(f"{key}: {logged[:60]} -> {now[:60]}")
+    return out
+
+
 def finished_run(uri: str, trial: Trial) -> str | None:
-    """The id of the trial's run when it finished (a re-run skips it), else None."""
+    """The id of the trial's run when it finished (a re-run skips it), else None. A finished run of the
+    trial's name under other settings is a ConfigError: its results are not this trial's."""
     run_id = tracking.find_run(uri, trial.config.tracking.experiment, trial.name)
     if run_id is None:
         return None
     run = tracking.get_run(uri, run_id)
-    return run_id if run.info.status == "FINISHED" and "test/auc" in run.data.metrics else None
+    if run.info.status != "FINISHED" or "test/auc" not in run.data.metrics:
+        return None
+    changed = changed_keys(run.data.params, trial.config)
+    if changed:
+        raise ConfigError(f"trial {trial.name} of this sweep finished before with other settings "
+                          f"({'; '.join(changed[:5])}): a sweep's trials are found by name, so a changed grid "
+                          "needs another sweep.name")
+    return run_id
 
 
 def sweep(spec: SweepSpec, *, artifact_prefix: str = "sweep", tags: dict[str, str] | None = None) -> SweepResult:
@@ -64,6 +96,7 @@ def sweep(spec: SweepSpec, *, artifact_prefix: str = "sweep", tags: dict[str, st
         dataclasses.replace(t, config=dataclasses.replace(t.config, backbone=pinned[t.config.backbone]))
         if t.config.init == "backbone" else t for t in spec.trials])
     uri = tracking.tracking_uri(first.tracking.uri)
+    done = {t.name: run_id for t in spec.trials if (run_id := finished_run(uri, t))}  # checked before the parent
     parent, resumed = tracking.start_or_resume_run(
         uri, first.tracking.experiment, spec.sweep.name,
         tags={"radimagenet.kind": artifact_prefix, "radimagenet.task": first.task, **(tags or {})})
@@ -72,7 +105,6 @@ def sweep(spec: SweepSpec, *, artifact_prefix: str = "sweep", tags: dict[str, st
                             | {"grid." + k: str(v)[:5000] for k, v in spec.axes.items()}
                             | {"trials": len(spec.trials), "data.manifest": first.data.manifest}
                             | {f"pinned.{slug(ref)}": version for ref, version in pinned.items()})
-        done = {t.name: run_id for t in spec.trials if (run_id := finished_run(uri, t))}
         pending = [dataclasses.replace(t, config=_nested(t.config, parent)) for t in spec.trials if t.name not in done]
         if done:
             print(f"[radimagenet] sweep {spec.sweep.name}: {len(done)} of {len(spec.trials)} trials finished "
@@ -140,6 +172,7 @@ def _run_trials(trials: list[Trial], spec: SweepSpec) -> list[str]:
     space = {"finetune": tune.grid_search([to_dict(t.config) for t in trials]), "cpus": s.cpus_per_trial}
     fs, path = storage.arrow_filesystem(trials[0].config.checkpoint.storage_path)  # Tune's state beside checkpoints
     with connect():
+        check_shared_storage(trials[0].config.checkpoint.storage_path)
         tuner = tune.Tuner(
             trainable, param_space=space,
             tune_config=tune.TuneConfig(max_concurrent_trials=s.max_concurrent or None),

@@ -42,6 +42,8 @@ class ScalingSection:
     use_gpu: bool = False  # NCCL, bf16 autocast, channels_last
     cpus_per_worker: float = 1.0
     max_failures: int = 3  # worker failures Ray Train recovers from (restart from the last checkpoint)
+    # how Ray places the workers: PACK fills a node first; SPREAD / STRICT_SPREAD one worker per node
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
 
 
 @dataclass

@@ -12,7 +12,9 @@ Order of work (each step fails with one clear line before anything is written):
    FINISHED, FAILED or KILLED with the work;
 3. :func:`launch`: ``worker_fn(config, ctx)`` on ``scaling.num_workers`` Ray Train workers
    (``TorchTrainer`` with ``RunConfig(storage_path, name=run_name)``: a re-run finds the run's
-   checkpoints and resumes; failed workers restart from the latest checkpoint), or in this process;
+   checkpoints and resumes; failed workers restart from the latest checkpoint; workers placed by
+   ``scaling.placement_strategy``; on a cluster of several nodes checkpoints must go to S3:
+   :func:`check_shared_storage`), or in this process;
    the process of rank 0 logs MLflow system metrics (``system/cpu_utilization_percentage``, memory,
    GPU when present; every ``tracking.system_metrics_interval`` seconds) while it trains.
 """
@@ -43,7 +45,8 @@ class TrainingError(RadImageNetError):
 
 
 def check_shards(manifest: dict, cfg: Any) -> None:
-    """Every loader process of every rank needs at least one train shard; val must exist."""
+    """Train and val must have shards, and the train split a batch per worker (shards are read by sample:
+    any number of them serves any number of ranks and loader workers)."""
     splits = manifest.get("splits", {})
     for split in ("train", "val"):
         if not splits.get(split, {}).get("shards"):
@@ -51,14 +54,6 @@ def check_shards(manifest: dict, cfg: Any) -> None:
                 f"dataset {cfg.data.manifest} has no {split!r} shards (splits: {sorted(splits)}): it was "
                 f"ingested with no {split} share, or a small cohort drew no patient for it; re-ingest with a "
                 f"'split' column in the labels file, or with more patients")
-    shards = len(splits["train"]["shards"])
-    readers = cfg.scaling.num_workers * max(1, cfg.data.num_workers)
-    if shards < readers:
-        raise ConfigError(
-            f"dataset has {shards} train shard(s) but scaling.num_workers={cfg.scaling.num_workers} x "
-            f"data.num_workers={cfg.data.num_workers} = {readers} readers need at least one each: "
-            f"lower data.num_workers / scaling.num_workers or re-ingest with smaller shards"
-        )
     samples = splits["train"].get("samples") or sum(s["samples"] for s in splits["train"]["shards"])
     if samples // cfg.scaling.num_workers < cfg.train.batch_size:
         raise ConfigError(
@@ -196,12 +191,14 @@ def fit_with_ray(train_fn: WorkerFn, cfg: Any, config: dict, what: str = "traini
 
     fs, path = storage.arrow_filesystem(cfg.checkpoint.storage_path)
     with connect():
+        check_shared_storage(cfg.checkpoint.storage_path)
         trainer = TorchTrainer(
             train_fn,
             train_loop_config=config,
             torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
             scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                         resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
+                                         resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
+                                         placement_strategy=cfg.scaling.placement_strategy),
             run_config=RunConfig(
                 name=cfg.tracking.run_name, storage_path=path, storage_filesystem=fs,
                 failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
@@ -216,6 +213,21 @@ def fit_with_ray(train_fn: WorkerFn, cfg: Any, config: dict, what: str = "traini
     if result.error is not None:
         raise TrainingError(f"{what} run {cfg.tracking.run_name!r} failed: {_root_cause(result.error)}")
     return result
+
+
+def check_shared_storage(storage_path: str) -> None:
+    """Refuse a local ``checkpoint.storage_path`` on a Ray cluster of more than one node (call it
+    connected): each worker would write its checkpoints to its own node's disk, where neither a restarted
+    worker nor the driver (which registers the last one) finds them."""
+    if storage_path.startswith("s3://"):
+        return
+    import ray
+
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    if nodes > 1:
+        raise ConfigError(
+            f"checkpoint.storage_path={storage_path} is a local folder but the Ray cluster has {nodes} nodes: "
+            f"checkpoints would stay on the node that wrote them; use an s3:// path (e.g. s3://BUCKET/checkpoints)")
 
 
 def _root_cause(exc: BaseException) -> str:

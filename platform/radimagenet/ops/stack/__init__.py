@@ -101,21 +101,26 @@ def _locked(home: Path) -> Iterator[None]:
 # ---------------------------------------------------------------- public API
 
 
-def up(home: Path | str | None = None, timeout_s: float | None = None) -> dict[str, str]:
-    """Start the services of ``home`` that are not running, wait until all answer; return :func:`env`."""
+def up(home: Path | str | None = None, timeout_s: float | None = None,
+       services: tuple[str, ...] = SERVICES) -> dict[str, str]:
+    """Start the services of ``home`` that are not running, wait until all answer; return :func:`env`.
+    ``services``: only these (e.g. ``("s3",)`` where MLflow and Ray are not installed)."""
+    unknown = sorted(set(services) - set(SERVICES))
+    if unknown:
+        raise StackError(f"unknown stack services {unknown}; the stack has {', '.join(SERVICES)}")
     h = home_dir(home)
     for sub in ("run", "logs"):
         (h / sub).mkdir(parents=True, exist_ok=True)
     h.chmod(0o700)
     with _locked(h):
-        return _up(h, timeout_s)
+        return _up(h, timeout_s, [s for s in SERVICES if s in services])
 
 
-def _up(h: Path, timeout_s: float | None) -> dict[str, str]:
+def _up(h: Path, timeout_s: float | None, services: list[str]) -> dict[str, str]:
     running = {s: _service_pid(h, s) for s in SERVICES}
     state = _load_state(h)
     ports = state["ports"] if state and any(running.values()) else resolve_ports()
-    to_start = [s for s in SERVICES if running[s] is None]
+    to_start = [s for s in services if running[s] is None]
     wanted = [(s, k) for s in to_start for k in SERVICE_PORTS[s] if ports[k] is not None]
     for attempt in range(3):  # a process that just exited may release its ports a moment later
         busy = [(s, k) for s, k in wanted if not _port_free(ports[k])]
@@ -142,7 +147,7 @@ def _up(h: Path, timeout_s: float | None) -> dict[str, str]:
         (h / "run" / f"{service}.pid").write_text(f"{proc.pid}\n")
         running[service] = proc.pid
     limit = timeout_s or float(os.environ.get("RADIMAGENET_STACK_TIMEOUT", "120"))
-    deadline, waiting = time.monotonic() + limit, list(SERVICES)
+    deadline, waiting = time.monotonic() + limit, list(services)
     while waiting:
         for service in list(waiting):
             try:

@@ -1,0 +1,169 @@
+"""Ingest beyond one driver: Ray workers write and upload the shards, the driver sees small entries only;
+the same input gives byte-identical shards and the same report with 1 or 3 workers; an interrupted
+parallel ingest resumes on another number of workers; a shard written by a worker that outlives the
+lease never becomes visible."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from radimagenet.dataset.format import Sample
+from radimagenet.dataset.inspect import load_report
+from radimagenet.dataset.tar import encode_sample, encoded_size
+from radimagenet.dataset.verify import verify
+from radimagenet.ingest import IngestConfig, ingest
+from radimagenet.ingest import shards as shards_mod
+from radimagenet.ingest.process import Processed, Reject
+from radimagenet.ingest.shards import Entry, RayShards, commit_shard, split_chunk, write_shard
+from radimagenet.io import lease, storage
+from radimagenet.ops.synth import synthesize
+
+SECRET = b"test-secret-0123456789abcdef"
+
+
+def _sample(i: int, split: str, **kw) -> Processed:
+    return Processed(index=i, source=f"src-{i:016x}", key=f"{i:032x}", split=split, patient=f"{i % 5:024x}",
+                     label_id=i % 3, image=bytes([i % 251]) * (700 + 37 * i), meta=b'{"label_id": %d}' % (i % 3), **kw)
+
+
+def test_entries_carry_no_bytes_and_plan_by_the_exact_tar_size():
+    results = [_sample(0, "train"), Reject(1, "src-1", "blank", "all pixels equal"),
+               _sample(2, "test", dropped=("body_part",)), _sample(3, "train", mask=b"\x89PNG" * 90),
+               _sample(4, "val", label_ids=(0, 2))]
+    for encoding in ("npy", "png"):
+        entries, parts = split_chunk(results, encoding)
+        assert [type(e) for e in entries] == [Entry, Reject, Entry, Entry, Entry]
+        assert [[s.index for s in part] for part in parts] == [[0, 3], [4], [2]]  # train, val, test
+        for entry in entries:
+            if isinstance(entry, Entry):
+                sample = next(r for r in results if r.index == entry.index)
+                part = parts[("train", "val", "test").index(entry.split)]
+                assert part[entry.slot] is sample
+                assert entry.size == len(encode_sample(sample, encoding)) == encoded_size(sample, encoding)
+                assert not any(isinstance(v, bytes) for v in entry)
+        assert entries[2].dropped == ("body_part",)
+
+
+def test_ray_tasks_get_larger_chunks_while_every_worker_has_four():
+    cfg = lambda **kw: IngestConfig(source="s", out="s3://b/p", **kw)  # noqa: E731
+    assert shards_mod.chunk_size(cfg(), 100_000) == 64  # in-process: as given
+    assert shards_mod.chunk_size(cfg(workers=2), 300) == 64  # few inputs: as given
+    assert shards_mod.chunk_size(cfg(workers=2), 4000) == 500
+    assert shards_mod.chunk_size(cfg(workers=64), 1_350_000) == shards_mod.MAX_CHUNK
+
+
+# --- against the stack -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("corpus")
+    synthesize(out, images=72, seed=11)  # duplicates, blank and truncated files planted
+    return out
+
+
+def _ingest(source: Path, out: str, **kw) -> dict:
+    cfg = IngestConfig(source=str(source), labels=str(source / "labels.csv"), out=out, image_size=64,
+                       shard_size=kw.pop("shard_size", 20 * 1024), **kw)  # about 4 samples a shard
+    return ingest(cfg, SECRET, progress=False)
+
+
+def _prefix(name: str) -> str:
+    return f"s3://radimagenet/tests/{name}-{uuid.uuid4().hex[:8]}"
+
+
+def _shards(manifest: dict) -> list[tuple[str, str, int]]:
+    return [(sh["url"].rsplit("/", 1)[-1], sh["sha256"], sh["samples"])
+            for s in manifest["splits"].values() for sh in s["shards"]]
+
+
+@pytest.fixture(scope="module")
+def serial(stack_env, corpus) -> tuple[dict, str]:
+    out = _prefix("workers-1")
+    return _ingest(corpus, out, chunk_size=5), out
+
+
+@pytest.mark.integration
+def test_one_or_three_workers_write_identical_shards(stack_env, corpus, serial, monkeypatch):
+    manifest, out = serial
+    added: list[tuple[type, type]] = []
+    real_add = RayShards.add
+
+    def add(self, entry, parts):  # what the driver handles: an entry and object refs, never a sample
+        added.append((type(entry), type(parts[0])))
+        real_add(self, entry, parts)
+
+    monkeypatch.setattr(RayShards, "add", add)
+    assert manifest["counts"]["duplicates"] >= 2 and manifest["counts"]["rejected"] >= 2
+    assert len(_shards(manifest)) >= 10 and all(len(s["shards"]) >= 2 for s in manifest["splits"].values())
+    other_out = _prefix("workers-3")  # 2 workers: tests/ingest/test_run.py and the resume test below
+    other = _ingest(corpus, other_out, workers=3, chunk_size=3)
+    assert other["digest"] == manifest["digest"]
+    assert _shards(other) == _shards(manifest)  # same members, same order, same bytes
+    assert other["counts"] == manifest["counts"]
+    assert load_report(other_out) == load_report(out)  # duplicates, patients, splits: the same decisions
+    assert verify(other) == []
+    import ray
+
+    assert added and {t for t, _ in added} == {Entry} and {r for _, r in added} == {ray.ObjectRef}
+
+
+@pytest.mark.integration
+def test_an_interrupted_parallel_ingest_resumes_on_another_worker_count(stack_env, corpus, serial, monkeypatch):
+    manifest, _ = serial
+    out = _prefix("workers-resume")
+    real, calls = shards_mod.journal_shard, {"n": 0}
+
+    def crash_on_third(prefix, record, dropped):  # the shard is complete (visible) but not journaled
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("simulated crash")
+        real(prefix, record, dropped)
+
+    monkeypatch.setattr(shards_mod, "journal_shard", crash_on_third)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _ingest(corpus, out, workers=2, chunk_size=4)
+    monkeypatch.undo()
+    journaled = [u for u in storage.list_keys(out + "/_journal") if not u.endswith("config.json")]
+    assert journaled and not storage.exists(out + "/manifest.json")
+    resumed = _ingest(corpus, out, workers=3, chunk_size=6)
+    assert resumed["digest"] == manifest["digest"] and resumed["counts"] == manifest["counts"]
+    assert verify(resumed) == []
+    listed = {sh["url"] for s in resumed["splits"].values() for sh in s["shards"]}
+    assert {u for u in storage.list_keys(out) if u.endswith(".tar")} == listed  # the unjournaled one is gone
+    assert storage.list_keys(out + "/_journal") == []
+
+
+def _uploads(out: str) -> set[str]:
+    u = storage.parse_uri(out)
+    resp = storage.client().list_multipart_uploads(Bucket=u.bucket, Prefix=u.key + "/")
+    return {up["UploadId"] for up in resp.get("Uploads", []) or []}
+
+
+@pytest.mark.integration
+def test_a_shard_written_after_the_lease_is_lost_never_becomes_visible(stack_env):
+    out = _prefix("workers-lease")
+    uri = storage.parse_uri(out)
+    samples: list[Sample] = [_sample(i, "train") for i in range(4)]
+    held = lease.acquire(lease.lease_uri(out), purpose="ingest")
+    records: list = []
+
+    # a worker writes shard 0 while the lease is held: invisible until the driver completes it
+    record, staged = write_shard(out, "train", 0, "npy", np.array([[0, 0], [0, 1]]), samples)
+    assert not storage.exists(record.url) and staged.upload_id in _uploads(out)
+    commit_shard(held, uri, {}, records, record, staged)
+    assert storage.exists(record.url) and records == [record]
+    assert storage.list_keys(out + "/_journal") == [out + "/_journal/train-000000.json"]
+
+    # another ingest takes the prefix over; a worker of the first one still finishes shard 1
+    lease.acquire(lease.lease_uri(out), purpose="ingest", take_over=True)
+    record, staged = write_shard(out, "train", 1, "npy", np.array([[0, 2], [0, 3]]), samples)
+    held.renew()  # the first driver learns of the loss at its next heartbeat ...
+    with pytest.raises(lease.LeaseLost):
+        commit_shard(held, uri, {}, records, record, staged)  # ... and completes nothing more
+    assert not storage.exists(record.url) and staged.upload_id not in _uploads(out)
+    assert len(records) == 1 and len(storage.list_keys(out + "/_journal")) == 1
