@@ -42,7 +42,7 @@ class DataSection:
     manifest: str = ""  # s3://BUCKET/PREFIX (or its manifest.json), made by `radimagenet ingest`
     image_size: int | None = None  # None: the dataset's image size (the ingest's --image-size)
     num_workers: int = 1  # loader processes per training worker
-    shuffle_buffer: int = 512
+    shuffle_buffer: int = 512  # ignored since training reads the sample-level epoch order (data/order.py); kept so configs load
     mean: tuple[float, ...] | None = None  # None: the backbone's own (scratch: 0.5; imagenet: timm's)
     std: tuple[float, ...] | None = None
     # train on a stratified, patient-level share of the training split (seeded by train.seed): label-efficiency curves

@@ -35,7 +35,7 @@ class DataSection:
     manifest: str = ""  # s3://BUCKET/PREFIX/manifest.json (or the dataset prefix)
     image_size: int | None = None  # None: the dataset's image size
     num_workers: int = 2  # loader processes per training worker
-    shuffle_buffer: int = 1000
+    shuffle_buffer: int = 1000  # ignored since training reads the sample-level epoch order (data/order.py); kept so configs load
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.25,)
 
