@@ -269,3 +269,17 @@ def test_driver_state_keeps_dropped_fields_of_written_samples():
     assert state.dropped == {0: ("body_part",), 3: ("modality", "body_part")}  # not the duplicate's
     assert state.lines[1]["duplicate_of"] == "src-0"
     assert count_dropped(state.dropped.values()) == {"body_part": 2, "modality": 1}
+
+
+def test_a_node_that_cannot_see_source_stops_the_ingest(tmp_path):
+    import dataclasses
+
+    from radimagenet.errors import ConfigError
+    from radimagenet.ingest.process import process_rows
+    from radimagenet.ingest.sources import InputRow
+
+    ctx = dataclasses.replace(_ctx(b"s" * 32), source_root=str(tmp_path / "not-mounted-here"))
+    row = InputRow(index=0, source="a.png", path=str(tmp_path / "not-mounted-here" / "a.png"), label="CT/lung")
+    with pytest.raises(ConfigError, match="not visible on node .* every node mounts"):
+        process_rows([row], ctx)
+    assert process_rows([row], dataclasses.replace(ctx, source_root=str(tmp_path)))[0].reason == "missing_file"

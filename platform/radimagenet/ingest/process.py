@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from radimagenet.dataset.format import Sample, label_names, pixel_key
+from radimagenet.errors import ConfigError
 from radimagenet.ingest import decode
 from radimagenet.ingest.deid import clean_meta, patient_key, source_pseudonym, split_of
 from radimagenet.ingest.sources import InputRow
@@ -37,6 +38,7 @@ class Context:
     patient_from: str
     text_check: str = "off"  # which images the pixel text check sees (textcheck.checks)
     multi_label: bool = False  # a row's label lists several |-separated class names
+    source_root: str = ""  # SOURCE, resolved on the driver: every node that processes rows must see it
 
 
 @dataclass
@@ -193,5 +195,12 @@ def _load_mask(row: InputRow, shape: tuple[int, ...], size: int, cfg: decode.Dec
 
 
 def process_rows(rows: list[InputRow], ctx: Context) -> list[Sample | Reject]:
-    """Process a chunk of rows in order (the unit of work of a Ray task)."""
+    """Process a chunk of rows in order (the unit of work of a Ray task). A node that cannot see SOURCE
+    stops the ingest with a clear error rather than rejecting every file ``missing_file``."""
+    if ctx.source_root and not os.path.isdir(ctx.source_root):
+        import socket
+
+        raise ConfigError(f"SOURCE {ctx.source_root} is not visible on node {socket.gethostname()}: an ingest with "
+                          "--workers > 1 processes files on the Ray cluster's nodes, so SOURCE must be on a "
+                          "filesystem every node mounts at the same path (or run with --workers 1)")
     return [process_row(r, ctx) for r in rows]

@@ -295,7 +295,7 @@ def _write(cfg: IngestConfig, rows: list[InputRow], classes: list[str], secret: 
                                        max_megapixels=cfg.max_megapixels, allow_burned_in=cfg.allow_burned_in),
         image_size=cfg.image_size, encoding=cfg.encoding, secret=secret,
         fractions=tuple(cfg.split_fractions), patient_from=cfg.patient_from, text_check=cfg.text_check,
-        multi_label=cfg.multi_label,
+        multi_label=cfg.multi_label, source_root=str(Path(cfg.source).expanduser().resolve()),
     )
     state = _State(first_of_key={}, split_of_patient={}, lines={})
     state.dropped.update((i, tuple(fields)) for i, fields in dropped.items())
