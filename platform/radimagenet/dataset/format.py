@@ -120,8 +120,12 @@ class Sample:
 
 def encode_label(sample: Sample) -> bytes:
     """The ``cls`` member of ``sample``: ``b"3"``, or ``b"3,7"`` for a multi-label sample."""
-    ids = sample.label_ids or (sample.label_id,)
-    return ",".join(str(i) for i in ids).encode()
+    return label_text(sample.label_ids or (sample.label_id,)).encode()
+
+
+def member_label_ids(member: dict) -> tuple[int, ...]:
+    """The label ids of a shard record's member (``label_ids`` in a multi-label dataset, else ``label_id``)."""
+    return tuple(member.get("label_ids") or (member["label_id"],))
 
 
 def decode_label(data: bytes | str) -> tuple[int, ...]:
@@ -133,9 +137,9 @@ def decode_label(data: bytes | str) -> tuple[int, ...]:
     return ids
 
 
-def label_text(label_ids: tuple[int, ...] | list[int] | int) -> str:
-    """A sample's labels as the digest and the shard records name them: ``"3"`` or ``"3,7"``."""
-    return str(label_ids) if isinstance(label_ids, int) else ",".join(str(i) for i in label_ids)
+def label_text(label_ids: tuple[int, ...] | list[int]) -> str:
+    """A sample's labels as the ``cls`` member and the dataset digest write them: ``"3"`` or ``"3,7"``."""
+    return ",".join(str(i) for i in label_ids)
 
 
 LABEL_SEP = "|"  # multi-label: the separator of an image's class names (labels CSV, predictions CSV)

@@ -16,7 +16,7 @@ names mean what they mean for one label per image (:mod:`radimagenet.eval.metric
   per-label thresholds; ``/subset_accuracy``: images whose every label is right; ``/sensitivity``,
   ``/specificity``: means over the scored labels.
 * ``/ece``: calibration of every (image, label) probability as a binary prediction (top-label ECE of
-  ``[1 - p, p]``), the same function as the single-label ECE; ``reliability_inputs`` gives the diagram's.
+  ``[1 - p, p]``), the same function as the single-label ECE; :func:`flat_binary` gives the diagram its inputs.
 
 The AUC arithmetic is :func:`radimagenet.eval.metrics.weighted_auc` (one implementation).
 """

@@ -29,7 +29,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from radimagenet.dataset.format import FORMAT, SPLITS, Sample, label_text, manifest_uri, split_unit_of
+from radimagenet.dataset.format import (
+    FORMAT,
+    SPLITS,
+    Sample,
+    label_text,
+    manifest_uri,
+    member_label_ids,
+    split_unit_of,
+)
 from radimagenet.dataset.writer import ShardRecord
 from radimagenet.errors import ConfigError
 from radimagenet.ingest import decode
@@ -161,7 +169,7 @@ def _line(source: str, status: str, key=None, split=None, reason=None, duplicate
 
 def dataset_digest(records: list[ShardRecord], cfg: IngestConfig) -> str:
     """SHA-256 over the sorted (split, key, label_id) triples, image size and encoding."""
-    triples = sorted((r.split, m["key"], label_text(m.get("label_ids") or m["label_id"]))
+    triples = sorted((r.split, m["key"], label_text(member_label_ids(m)))
                      for r in records for m in r.members)
     h = hashlib.sha256(f"{cfg.image_size}:{cfg.encoding}\n".encode())
     for t in triples:
@@ -193,7 +201,7 @@ def build_manifest(cfg: IngestConfig, classes: list[str], records: list[ShardRec
     for split in SPLITS:
         recs = [r for r in records if r.split == split]
         counts = collections.Counter(classes[i] for r in recs for m in r.members
-                                     for i in (m.get("label_ids") or (m["label_id"],)))
+                                     for i in member_label_ids(m))
         splits[split] = {
             "samples": sum(r.samples for r in recs),
             "classes": {c: counts.get(c, 0) for c in classes},
