@@ -26,7 +26,7 @@ from radimagenet.dataset.format import LABEL_EXT, MASK_EXT, META_EXT, decode_lab
 from radimagenet.dataset.tar import group_samples, iter_tar
 from radimagenet.errors import StorageError
 from radimagenet.io import storage
-from radimagenet.io.ranged import read_range
+from radimagenet.io.ranged import BrokenRead, read_range
 
 
 def read_shard(url: str) -> Iterator[dict[str, Any]]:
@@ -62,8 +62,8 @@ def _fetch(url: str, start: int, end: int, attempts: int = 3) -> bytearray:
     for attempt in range(attempts):  # a read that breaks off mid-body is tried again
         try:
             return read_range(url, start, end)
-        except StorageError as exc:
-            if attempt + 1 == attempts or "reading failed" not in str(exc) and "closed" not in str(exc):
+        except BrokenRead:
+            if attempt + 1 == attempts:
                 raise
     raise AssertionError("unreachable")
 

@@ -69,6 +69,10 @@ def _connection(scheme: str, netloc: str) -> http.client.HTTPConnection:
     return conn
 
 
+class BrokenRead(StorageError):
+    """A body that broke off mid-read (a reset or timed-out connection): worth one more GET."""
+
+
 class RangeBody:
     """The streaming body of one ranged GET: ``read(n)`` until ``b""``; a short body is a
     :class:`StorageError`. ``close()`` (or reading to the end) frees its connection for reuse."""
@@ -86,15 +90,16 @@ class RangeBody:
         self._got(len(data))
         return data
 
-    def _failed(self, exc: Exception) -> StorageError:
+    def _failed(self, exc: Exception) -> BrokenRead:
         self.close()
-        return StorageError(f"{self.where}: reading failed ({type(exc).__name__}: {exc})")
+        return BrokenRead(f"{self.where}: reading failed ({type(exc).__name__}: {exc})")
 
     def _got(self, n: int) -> None:
         """Count ``n`` bytes read; none means the body ended before the range did."""
         if not n:
+            left = self.left  # close() zeroes it
             self.close()
-            raise StorageError(f"{self.where}: the connection closed {self.left} bytes before the end")
+            raise BrokenRead(f"{self.where}: the connection closed {left} bytes before the end")
         self.left -= n
 
     def readinto(self, view: memoryview) -> int:
@@ -130,11 +135,10 @@ class RangeBody:
                 n = self.conn.sock.recv_into(view[got:], len(view) - got, socket.MSG_WAITALL)
                 got = got + n if n else -1
         except Exception as exc:  # noqa: BLE001 - a broken or timed-out connection: one line
-            self.close()
-            raise StorageError(f"{self.where}: reading failed ({type(exc).__name__}: {exc})") from exc
+            raise self._failed(exc) from exc
         if got != len(view):
             self.close()
-            raise StorageError(f"{self.where}: the connection closed before the end of the range")
+            raise BrokenRead(f"{self.where}: the connection closed before the end of the range")
         self.left = 0
         self.resp.length = 0
         self.resp.close()  # the body is consumed: the connection serves the next request
