@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# `make demo OBJECTIVE=dino` (or mae) also pretrains self-supervised on an unlabelled archive and compares it
 demo: $(STAMP)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash pipelines/demo.sh
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" OBJECTIVE="$(OBJECTIVE)" bash pipelines/demo.sh
 
 test: $(STAMP)
 	$(PY) -m ruff check platform tests benchmarks pipelines

@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     from radimagenet.models.factory import create_model
     from radimagenet.tasks.pretrain import PretrainConfig, PretrainTask
     from radimagenet.train.context import Context
-    from radimagenet.train.engine import build_optimizer, build_scheduler, train_one_epoch
+    from radimagenet.train.engine import train_one_epoch
+    from radimagenet.train.optim import build_optimizer, build_scheduler
 
     gpu = torch.cuda.is_available()
     device = torch.device("cuda" if gpu else "cpu")
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if gpu:
         torch.cuda.synchronize()
     t = time.perf_counter()
-    _, epoch = train_one_epoch(model, task, host * (steps // 2), opt, sched, ctx, cfg.train, 0, 0,
+    _, epoch, _ = train_one_epoch(model, task, host * (steps // 2), opt, sched, ctx, cfg.train, 0, 0,
                                lambda m, s: logged.append(m))
     if gpu:
         torch.cuda.synchronize()

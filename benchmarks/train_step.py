@@ -3,12 +3,16 @@
     python benchmarks/train_step.py                                  # all four RadImageNet archs
     python benchmarks/train_step.py --arch resnet50 --batch-size 256 --steps 50
     python benchmarks/train_step.py --arch resnet50 --manifest s3://radimagenet/datasets/X/manifest.json
+    python benchmarks/train_step.py --arch resnet50 --objective dino --objective mae   # SSL vs supervised
 
 On a GPU each step is bf16 autocast + channels_last + SGD (the pretraining loop's settings); on CPU
 fp32 with a small batch. Synthetic: one batch reused (the model's ceiling). Real loader: batches
 streamed from S3 through ``radimagenet.data.loader.make_loader`` and copied to the device in the timed loop;
 the ratio real/synthetic says how much the input pipeline costs (goal on an H100: ResNet-50 >= 3,500
-img/s synthetic, real loader >= 90% of that).
+img/s synthetic, real loader >= 90% of that). ``--objective dino|mae``: also the self-supervised step of
+the same architecture on the same synthetic batch (``radimagenet.models.ssl`` with its default settings:
+DINO's 2 global + 6 local crops, 4096 prototypes, the EMA update; masked-image modelling at ratio 0.6),
+in images/s and as a ratio to the supervised step measured in the same run.
 """
 
 from __future__ import annotations
@@ -103,6 +107,35 @@ def bench_arch(arch: str, args, device, gpu: bool, manifest=None) -> dict:
     return out
 
 
+def bench_ssl(arch: str, objective: str, args, device, gpu: bool) -> float:
+    """Synthetic images/s of one self-supervised step (loss, backward, optimizer, teacher EMA)."""
+    import itertools
+
+    import torch
+
+    from radimagenet.models.ssl import build_ssl
+    from radimagenet.models.ssl_config import SSLSection
+
+    net = build_ssl(objective, arch, in_chans=3, image_size=args.image_size, settings=SSLSection()).to(device)
+    if gpu:
+        net = net.to(memory_format=torch.channels_last)
+    net.train()
+    optimizer = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if gpu else contextlib.nullcontext
+    images = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
+
+    def step(x, _labels):
+        with autocast():
+            loss = net(x).float().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if hasattr(net, "after_step"):
+            net.after_step()
+
+    return timed(step, itertools.repeat((images, images[:, 0, 0, 0])), args.warmup, args.steps, device)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", action="append", help=f"architecture (repeatable; default {', '.join(ARCHS)})")
@@ -114,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manifest", help="s3://.../manifest.json: also time the real loader")
     parser.add_argument("--loader-workers", type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--objective", action="append", choices=("dino", "mae"), default=[],
+                        help="also time this self-supervised objective's step (repeatable)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
 
@@ -143,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         line = f"{arch:22s} synthetic {r['synthetic']:9.1f} img/s"
         if "real_loader" in r:
             line += f"   real loader {r['real_loader']:9.1f} img/s ({r['real_over_synthetic']:.0%} of synthetic)"
+        for objective in args.objective:
+            r[objective] = bench_ssl(arch, objective, args, device, gpu)
+            line += f"   {objective} {r[objective]:9.1f} img/s ({r[objective] / r['synthetic']:.2f}x supervised)"
         print(line, flush=True)
     base = next((r for r in results if r["arch"] == "resnet50"), None)
     if base:

@@ -104,6 +104,23 @@ def test_validate_manifest_returns_a_valid_manifest_unchanged():
     assert fmt.validate_manifest(MANIFEST) is MANIFEST
 
 
+def test_an_unlabeled_manifest_has_no_classes_and_its_samples_no_cls_member():
+    from radimagenet.dataset.tar import sample_members
+
+    unlabeled = dict(copy.deepcopy(MANIFEST), classes=[], unlabeled=True)
+    assert fmt.validate_manifest(unlabeled) is unlabeled
+    assert fmt.is_unlabeled(unlabeled) and not fmt.is_unlabeled(MANIFEST)
+    for bad, message in ((dict(unlabeled, classes=["CT"]), "an unlabeled dataset has 'classes' \\[\\]"),
+                         (dict(unlabeled, multi_label=True), "is not multi-label"),
+                         (dict(unlabeled, unlabeled="yes"), "'unlabeled' must be true or false")):
+        with pytest.raises(ConfigError, match=message):
+            fmt.validate_manifest(bad)
+    sample = fmt.Sample(index=0, source="src-0", key="0" * 32, split="train", patient="p", label_id=fmt.UNLABELED,
+                        image=b"i", meta=b"{}")
+    assert [name for name, _ in sample_members(sample, "npy")] == ["0" * 32 + ".npy", "0" * 32 + ".json"]
+    assert fmt.member_label_ids({"key": "k"}) == () and fmt.member_label_ids({"label_id": 3}) == (3,)
+
+
 @pytest.fixture
 def fake_s3(monkeypatch) -> dict[str, bytes]:
     """An in-memory bucket behind the storage functions load_manifest uses."""

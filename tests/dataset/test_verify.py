@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from radimagenet.dataset.format import FORMAT, Sample, shard_name
+from radimagenet.dataset.format import FORMAT, UNLABELED, Sample, shard_name
 from radimagenet.dataset.tar import END_OF_ARCHIVE, encode_sample, tar_bytes
 from radimagenet.dataset.verify import verify
 from radimagenet.errors import StorageError
@@ -138,3 +138,24 @@ def test_unreadable_members_and_a_corrupt_tar_are_problems_not_crashes(s3):
         f"{second} is truncated (member '{1:032x}.npy' needs 100 bytes)",
         f"{second}: 0 samples, manifest says 1",
     ]
+
+
+def _unlabeled(i: int, split: str) -> Sample:
+    """Sample ``i`` of an unlabeled dataset: no label id, so no .cls member and no label in its metadata."""
+    meta = json.dumps({"split": split, "patient": f"p{i}"}).encode()
+    return Sample(index=i, source=f"{i}.dcm", key=f"{i:032x}", split=split, patient=f"p{i}", label_id=UNLABELED,
+                  image=bytes([i]) * 100, meta=meta)
+
+
+def test_an_unlabeled_dataset_verifies_without_labels_and_a_labelled_one_needs_them(s3):
+    manifest, objects = _dataset({"train": [[_unlabeled(0, "train"), _unlabeled(1, "train")]],
+                                  "val": [[_unlabeled(2, "val")]]})
+    s3.update(objects)
+    assert verify(manifest | {"classes": [], "unlabeled": True}) == []
+    key, url = "{:032x}".format, f"{PREFIX}/train-000000.tar"
+    assert verify(manifest)[:2] == [f"{url}: sample {key(0)} lacks members (has ['json', 'npy'])",
+                                    f"{url}: sample {key(1)} lacks members (has ['json', 'npy'])"]
+    labelled, objects = _dataset({"train": [[_unlabeled(0, "train"), _sample(1, "train")]]})
+    s3.update(objects)
+    assert verify(labelled | {"classes": [], "unlabeled": True}) == [
+        f"{url}: sample {key(1)} carries a label (.cls member or label_id) but the dataset is unlabeled"]

@@ -165,3 +165,15 @@ def test_the_source_map_is_private_and_appended_once(tmp_path):
     assert all(e["pseudonym"] == source_pseudonym(secret, e["path"]) for e in lines)
     assert {e["dataset"] for e in lines} == {"s3://bucket/datasets/x"}
     assert _mode(path) == 0o600 and sorted(os.listdir(path.parent)) == [path.name]
+
+
+def test_source_map_lines_are_the_json_of_their_entry(tmp_path):
+    """The map's lines are built by hand (driver CPU per file): the same text json.dumps writes."""
+    secret = b"secret-one-0123456789"
+    path = tmp_path / "map.jsonl"
+    odd = ["x\udcffy.dcm", 'quote"back\\slash\ttab.dcm', "é/中文/\u2028.png", "plain/1.png"]
+    items = [("input", p, "/abs/" + p) for p in odd]
+    assert record_sources(path, 's3://b/"x"', secret, items) == len(odd)
+    expected = "".join(json.dumps({"pseudonym": source_pseudonym(secret, p), "path": p, "file": f, "kind": k,
+                                   "dataset": 's3://b/"x"'}) + "\n" for k, p, f in items)
+    assert path.read_bytes() == expected.encode()

@@ -283,3 +283,15 @@ def test_a_node_that_cannot_see_source_stops_the_ingest(tmp_path):
     with pytest.raises(ConfigError, match="not visible on node .* every node mounts"):
         process_rows([row], ctx)
     assert process_rows([row], dataclasses.replace(ctx, source_root=str(tmp_path)))[0].reason == "missing_file"
+
+
+def test_report_lines_are_the_json_of_their_line():
+    """Report lines are built by hand (driver CPU per file): the same text json.dumps writes."""
+    import json
+
+    from radimagenet.ingest.run import _line, report_line
+
+    lines = [_line("src-0", "written", key="ab" * 16, split="train"),
+             _line('src-"1"\\', "rejected", reason="decode_failed: x\udcffy é 中 \u2028 \x00"),
+             _line("src-2", "duplicate", key="k", split="val", duplicate_of="src-0")]
+    assert [report_line(line) for line in lines] == [json.dumps(line) + "\n" for line in lines]

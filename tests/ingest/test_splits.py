@@ -51,7 +51,9 @@ def test_a_png_tree_without_patients_is_refused_before_anything_is_written(tmp_p
     assert "\n" not in message
 
 
-def test_the_cli_prints_the_refusal_as_one_line_naming_split_unit_image(tmp_path, capsys):
+def test_the_cli_prints_the_refusal_as_one_line_naming_split_unit_image(tmp_path, capsys, monkeypatch):
+    # the secret from the environment: no default secret file may be created in the user's (or make's) home
+    monkeypatch.setenv("RADIMAGENET_DEID_SECRET", SECRET.decode())
     src = png_tree(tmp_path)
     assert main(["ingest", str(src), "--out", "s3://no-such-bucket-for-this-test/x", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()

@@ -29,5 +29,8 @@ def test_create_model_refuses_downloads_and_unknown_names():
     with pytest.raises(ConfigError, match="unknown architecture"):
         create_model("resnet5000", 3)
     with pytest.raises(ConfigError, match="num_classes"):
-        create_model("resnet18", 0)
+        create_model("resnet18", -1)
+    assert create_model("resnet18", 0)(torch.zeros(2, 3, 32, 32)).shape == (2, 512)  # no head: pooled features
+    vit = create_model("vit_small_patch16_224", 0, img_size=64, dynamic=True)
+    assert vit(torch.zeros(1, 3, 64, 64)).shape == vit(torch.zeros(1, 3, 40, 40)).shape == (1, 384)
     assert create_model("resnet18", 3, in_chans=1).conv1.in_channels == 1

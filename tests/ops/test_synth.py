@@ -193,6 +193,19 @@ def test_bad_arguments(tmp_path):
         synthesize(tmp_path, 4)  # too few to hold the planted problems unless clean
 
 
+def test_an_unlabeled_corpus_has_no_labels_csv(tmp_path):
+    info = synthesize(tmp_path / "u", 10, seed=7, unlabeled=True)
+    assert info["unlabeled"] is True and not (tmp_path / "u" / "labels.csv").exists()
+    assert sorted(p.name for p in (tmp_path / "u" / "images").iterdir()) == [f"{i:05d}.dcm" for i in range(10)]
+    labelled = synthesize(tmp_path / "l", 10, seed=7)  # the same images: only labels.csv differs
+    assert (tmp_path / "u/images/00003.dcm").read_bytes() == (tmp_path / "l/images/00003.dcm").read_bytes()
+    assert info == labelled | {"unlabeled": True}
+    with pytest.raises(ValueError, match="task='pretrain'"):
+        synthesize(tmp_path / "d", 10, task="downstream", unlabeled=True)
+    assert main(["synth", "--out", str(tmp_path / "c"), "--images", "9", "--unlabeled"]) == 0
+    assert not (tmp_path / "c" / "labels.csv").exists() and (tmp_path / "c" / "images" / "00008.dcm").exists()
+
+
 def test_cli(tmp_path, capsys):
     assert main(["synth", "--out", str(tmp_path), "--images", "9", "--seed", "1"]) == 0
     summary = json.loads(capsys.readouterr().out)

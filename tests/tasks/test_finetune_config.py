@@ -114,6 +114,14 @@ def test_task_checks():
         check_task(cfg(), m)
 
 
+def test_an_unlabeled_dataset_is_refused_naming_it():
+    m = manifest(classes=())
+    m.update(unlabeled=True, uri="s3://b/archive")
+    for task in ("classification", "segmentation"):
+        with pytest.raises(ConfigError, match=r"dataset s3://b/archive is unlabeled \(ingest --unlabeled\)"):
+            check_task(cfg(f"task={task}"), m)
+
+
 def test_positive_class():
     assert positive_index(["CT/abd/liver_lesion", "CT/abd/normal"]) == 0
     assert positive_index(["normal", "pneumonia"]) == 1
@@ -246,3 +254,19 @@ def test_multi_label_predictions_file_round_trip(tmp_path):
     assert text.splitlines()[1].split(",")[:3] == ["k0", "p0", "effusion|mass"]
     pred = read_predictions(text, multi_label=True)
     assert (pred.labels == labels).all() and np.allclose(pred.probs, probs) and pred.classes == list(spec.classes)
+
+
+def test_protocols_imply_their_settings_and_refuse_what_does_not_fit():
+    from radimagenet.tasks.finetune_config import protocol_settings
+
+    linear = resolve(cfg("protocol=linear"))
+    assert linear.train.freeze == "all" and linear.eval.log_model
+    knn = resolve(cfg("protocol=knn", "eval.knn_k=5"))
+    assert (knn.eval.log_model, knn.registry.register, knn.eval.gradcam_samples) == (False, False, 0)
+    assert protocol_settings(knn) == knn and resolve(cfg()).protocol == "finetune"
+    with pytest.raises(ConfigError, match="protocol=linear trains only the head"):
+        validate(cfg("protocol=linear", "train.freeze=top10"))
+    with pytest.raises(ConfigError, match="protocol=knn applies to task=classification"):
+        validate(cfg("protocol=knn", "task=segmentation", "train.monitor=val/dice"))
+    with pytest.raises(ConfigError, match="eval.knn_k"):
+        validate(cfg("protocol=knn", "eval.knn_k=0"))

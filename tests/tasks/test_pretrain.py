@@ -264,3 +264,99 @@ def test_in_process_run_for_notebooks(manifest_uri, tmp_path, capsys):
     assert "system/system_memory_usage_megabytes" in run.data.metrics
     plots = {a.path for a in MlflowClient().list_artifacts(result.run_id, "plots")}
     assert plots == {"plots/loss_curves.png", "plots/accuracy_curves.png"}, plots
+
+
+# ------------------------------------------------------------------ exact mid-epoch resume (issue 15)
+
+def submit_until_paused(manifest: str, run_name: str, pause: str, expect: str, marker, **extra) -> None:
+    """``radimagenet pretrain`` as a user submits it, stopped by the engine's pause hook at ``pause``
+    (rank:epoch:batch) once Ray Train lists the checkpoint ``expect``; then the driver is SIGKILLed."""
+    snapshot = f"s3://radimagenet/test-checkpoints/{run_name}/checkpoint_manager_snapshot.json"
+    env = os.environ | {"RADIMAGENET_FAULT_KILL": f"{pause}:pause", "RADIMAGENET_FAULT_MARKER": str(marker)}
+    cmd = [sys.executable, "-m", "radimagenet", "pretrain", *overrides(manifest, run_name, **extra)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if marker.exists() and storage.exists(snapshot) and expect.encode() in storage.read_bytes(snapshot):
+                break
+            time.sleep(1)
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        assert marker.exists() and expect.encode() in storage.read_bytes(snapshot), "no pause in time"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver dies; Ray ends its workers with it
+        proc.wait()
+    time.sleep(5)
+
+
+def final_weights(run_name: str, epoch: int) -> dict:
+    from safetensors.torch import load
+
+    return load(storage.read_bytes(f"s3://radimagenet/test-checkpoints/{run_name}/checkpoint_epoch-{epoch:06d}"
+                                   "/model.safetensors"))
+
+
+def epoch_figures(run_id: str, epochs: int) -> tuple[list[float], list[str]]:
+    from mlflow.tracking import MlflowClient
+
+    tags = MlflowClient().get_run(run_id).data.tags
+    return metric_history(run_id, "data/epoch_samples"), [tags.get(f"data.epoch_{e}_digest") for e in
+                                                          range(1, epochs + 1)]
+
+
+RESUME = {"train.epochs": 2, "train.deterministic": "true", "checkpoint.every_steps": 2, "registry.register": "false",
+          "data.num_workers": 0}
+
+
+def test_a_killed_driver_resubmitted_ends_bit_identical_to_an_uninterrupted_run(manifest_uri, tmp_path):
+    """2 workers, CPU, train.deterministic: the driver is killed in epoch 2 (between two mid-epoch
+    checkpoints) and the same command resubmitted: the same MLflow run, each epoch's every sample once,
+    and the final weights equal to the last bit to those of a run never interrupted."""
+    from radimagenet.tasks.pretrain import pretrain
+    from radimagenet.train.resume import digest_text, key_digest
+
+    whole = pretrain(config(manifest_uri, f"whole-{uuid.uuid4().hex[:6]}", **RESUME))
+    run_name = f"cut-{uuid.uuid4().hex[:6]}"
+    # 384 samples / (2 x 32) = 6 steps an epoch; epoch 1 (0-based), batch 2 is step 9: last checkpoint step 8
+    submit_until_paused(manifest_uri, run_name, "1:1:2", "checkpoint_epoch-000001-step-000000008",
+                        tmp_path / "paused", **RESUME)
+    (first,) = runs_named(run_name)
+    result = pretrain(config(manifest_uri, run_name, **RESUME))
+    assert result.resumed and result.run_id == first.info.run_id and len(runs_named(run_name)) == 1
+    assert metric_history(result.run_id, "train/resumed_at_sample") == [128.0]  # 2 steps x 64 into epoch 2
+    expected = final_weights(whole.run_name, 1)
+    for key, value in final_weights(run_name, 1).items():
+        assert value.equal(expected[key]), key
+    samples, digests = epoch_figures(result.run_id, 2)
+    keys = [f"{s['__key__']}" for s in _train_keys(manifest_uri)]
+    assert samples == [384.0, 384.0] and digests == [digest_text(key_digest(keys))] * 2
+    assert epoch_figures(whole.run_id, 2) == (samples, digests)
+
+
+def test_resumes_across_worker_counts_see_every_sample_once(manifest_uri, tmp_path):
+    """2 workers killed mid-epoch 1, resubmitted on 1 worker, killed mid-epoch 2, finished on 4: each
+    epoch counts 384 samples with the digest of the whole training split."""
+    from radimagenet.tasks.pretrain import pretrain
+    from radimagenet.train.resume import digest_text, key_digest
+
+    run_name = f"widths-{uuid.uuid4().hex[:6]}"
+    # 2 workers: 6 steps an epoch; stopped after the step-4 checkpoint (position 4 x 64 = 256)
+    submit_until_paused(manifest_uri, run_name, "0:0:3", "checkpoint_epoch-000000-step-000000004",
+                        tmp_path / "first", **RESUME)
+    # 1 worker: epoch 1 ends at step 8; in epoch 2 (12 steps) batch 5 is step 14 (position 6 x 32 = 192)
+    submit_until_paused(manifest_uri, run_name, "0:1:5", "checkpoint_epoch-000001-step-000000014",
+                        tmp_path / "second", **RESUME, **{"scaling.num_workers": 1})
+    result = pretrain(config(manifest_uri, run_name, **RESUME,
+                             **{"scaling.num_workers": 4, "scaling.cpus_per_worker": 0.5}))
+    assert result.resumed and len(runs_named(run_name)) == 1 and result.metrics["epoch"] == 2
+    assert metric_history(result.run_id, "train/resumed_at_sample") == [256.0, 192.0]
+    samples, digests = epoch_figures(result.run_id, 2)
+    keys = [s["__key__"] for s in _train_keys(manifest_uri)]
+    assert samples == [384.0, 384.0] and digests == [digest_text(key_digest(keys))] * 2
+
+
+def _train_keys(manifest_uri: str) -> list[dict]:
+    from radimagenet.dataset.format import load_manifest, split_shards
+    from radimagenet.dataset.reader import read_shard
+
+    return [s for shard in split_shards(load_manifest(manifest_uri), "train") for s in read_shard(shard.url)]

@@ -15,7 +15,8 @@ from radimagenet.errors import ConfigError
 from radimagenet.models.record import make_record
 from radimagenet.train.config import CheckpointSection, ScalingSection, TrackingSection, TrainSection
 from radimagenet.train.context import local_context
-from radimagenet.train.engine import Outputs, build_optimizer, fit, lr_factor, optimizer_steps, predict
+from radimagenet.train.engine import Outputs, fit, predict
+from radimagenet.train.optim import build_optimizer, lr_factor, optimizer_steps
 
 PACKAGE = Path(__file__).resolve().parents[2] / "platform" / "radimagenet"
 MANIFEST = {"classes": ["a", "b"], "image_size": 8, "digest": "sha256:test"}
@@ -46,8 +47,13 @@ class TinyTask:
         model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
         return model, make_record("tiny", MANIFEST, in_chans=1, image_size=8)
 
-    def loader(self, split, ctx, *, epoch=0, train=False):
-        return list(self.data[split])
+    def loader(self, split, ctx, *, epoch=0, train=False, start=0):
+        out, seen = [], 0
+        for b in self.data[split]:  # from global position start (one rank: a position counts samples)
+            if seen >= start:
+                out.append(b)
+            seen += len(b)
+        return out
 
     def data_metrics(self):
         return {"train/n_images": 24.0}
@@ -181,7 +187,8 @@ def test_one_backward_call_site_in_the_package():
 def test_accumulation_weighs_a_short_last_step_like_a_full_one(tmp_path):
     """5 batches with accum_steps=2: the epoch's last optimizer step has one batch, and it must move the
     weights as that batch alone does (its loss divided by 1, not by 2)."""
-    from radimagenet.train.engine import build_scheduler, train_one_epoch
+    from radimagenet.train.engine import train_one_epoch
+    from radimagenet.train.optim import build_scheduler
 
     train, task = batches(5, 4, 0), TinyTask(select_metric=None)
     cfg2, cfg1 = Cfg(train_cfg(epochs=1, accum_steps=2)), Cfg(train_cfg(epochs=1, accum_steps=1))

@@ -23,6 +23,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--multi-label", action="store_true",
                    help="each image may carry several labels: a --labels CSV cell lists them separated by '|' "
                    "(effusion|nodule); fine-tuning then trains a sigmoid head per label")
+    p.add_argument("--unlabeled", action="store_true",
+                   help="no labels: every image under SOURCE (at any depth) is read, folders give no class, and "
+                   "a --labels CSV needs only a path column (its label column is ignored). The manifest says "
+                   "unlabeled with no classes: a dataset for self-supervised pretraining, not for fine-tuning")
     p.add_argument("--out", required=True, help="s3://BUCKET/PREFIX for shards, report.jsonl and manifest.json")
     p.add_argument("--image-size", type=int, default=224, help="output size in pixels, whole image (default 224)")
     p.add_argument("--encoding", choices=["npy", "png"], default="npy",
@@ -119,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         windows=_windows(args.window), patient_from=args.patient_from, split_unit=args.split_unit,
         split_csv=_split_csv(args.split_csv),
         max_megapixels=args.max_megapixels, allow_burned_in=args.allow_burned_in, text_check=args.text_check,
-        multi_label=args.multi_label,
+        multi_label=args.multi_label, unlabeled=args.unlabeled,
     )
     manifest = ingest(cfg, load_secret(args.secret_file), progress=False if args.no_progress else None,
                       source_map=source_map_path(args.out, args.secret_file))

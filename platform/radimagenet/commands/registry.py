@@ -65,8 +65,8 @@ def print_show(info: dict[str, Any]) -> None:
     print(f"{info['name']} version {info['version']} ({info['kind']}, {record.task})"
           f"   aliases: {', '.join(info['aliases']) or '-'}")
     print("\nrecord:")
-    for key in ("arch", "task", "in_chans", "input_size", "mean", "std", "interpolation", "classes", "dataset_digest",
-                "ingest"):
+    for key in ("arch", "task", "objective", "in_chans", "input_size", "mean", "std", "interpolation", "classes",
+                "dataset_digest", "ingest"):
         value = getattr(record, key)
         print(f"  {key:<15} {value if isinstance(value, str) else json.dumps(value)}")
     print("\nmetrics:")

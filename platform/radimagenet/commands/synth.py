@@ -23,13 +23,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="omit the planted quality problems (duplicates, a blank and a truncated file)",
     )
+    parser.add_argument(
+        "--unlabeled",
+        action="store_true",
+        help="write no labels.csv (pretrain only): OUT/images is then an unlabeled archive for "
+        "`radimagenet ingest OUT/images --unlabeled` (patients come from the DICOM PatientID)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Write the corpus and print a one-line summary (never the PHI)."""
     from radimagenet.ops.synth import synthesize
 
-    info = synthesize(args.out, args.images, seed=args.seed, task=args.task, clean=args.clean)
+    info = synthesize(args.out, args.images, seed=args.seed, task=args.task, clean=args.clean,
+                      unlabeled=args.unlabeled)
     summary = {k: info[k] for k in ("task", "seed", "images", "patients", "classes", "planted")}
     print(json.dumps({"out": str(args.out), **summary}))
     return 0

@@ -71,7 +71,7 @@ from radimagenet.data.plan import (
 )
 from radimagenet.data.reads import reader_samples
 from radimagenet.data.transforms import Normalise, Transform, check_normalise, new_tensor
-from radimagenet.dataset.format import is_multi_label, split_shards
+from radimagenet.dataset.format import UNLABELED, is_multi_label, is_unlabeled, split_shards
 from radimagenet.dataset.index import split_indexes
 from radimagenet.dataset.reader import (
     parse_meta,
@@ -95,7 +95,8 @@ class Batch:
     """
 
     images: torch.Tensor  # float32 [B, C, S, S], normalised
-    labels: torch.Tensor  # int64 [B]; a multi-label dataset: float32 [B, classes], 1 where the image has the label
+    labels: torch.Tensor  # int64 [B]; a multi-label dataset: float32 [B, classes], 1 where the image has the label;
+    # an unlabeled dataset: int64 [B] of UNLABELED (-1, dataset.format)
     keys: list[str]  # sample keys
     masks: torch.Tensor | None = None  # int64 [B, 1, S, S] when with_masks
     meta: list[dict] | None = None  # each sample's .json (+ "key") when with_meta
@@ -153,6 +154,7 @@ class BatchSpec:
     read_ahead: int = 0  # samples per ranged GET at most
     seed: int = 0
     epoch: int = 0
+    unlabeled: bool = False  # an unlabeled dataset: every label is UNLABELED (the samples have no cls member)
 
 
 def worker_batches(spec: BatchSpec, worker: int) -> Iterator[Batch | None]:
@@ -220,16 +222,18 @@ def make_batch(spec: BatchSpec, samples: list[dict[str, Any]],
         spec.transform(sample, rngs[i], plane[i : i + 1], None if masks is None else masks[i : i + 1])
     return Batch(
         images=spec.normalise(plane),
-        labels=batch_labels(samples, spec.num_labels),
+        labels=batch_labels(samples, spec.num_labels, spec.unlabeled),
         keys=keys,
         masks=None if masks is None else masks.to(torch.int64),
         meta=[parse_meta(s) for s in samples] if spec.with_meta else None,
     )
 
 
-def batch_labels(samples: list[dict[str, Any]], num_labels: int = 0) -> torch.Tensor:
+def batch_labels(samples: list[dict[str, Any]], num_labels: int = 0, unlabeled: bool = False) -> torch.Tensor:
     """The samples' labels: int64 ids ``[B]``, or (``num_labels`` > 0, a multi-label dataset) float32
-    multi-hot rows ``[B, num_labels]``."""
+    multi-hot rows ``[B, num_labels]``; ``unlabeled`` (an unlabeled dataset): int64 ``UNLABELED`` ``[B]``."""
+    if unlabeled:
+        return torch.full((len(samples),), UNLABELED, dtype=torch.int64)
     if not num_labels:
         return torch.tensor([sample_label(s) for s in samples], dtype=torch.int64)
     out = torch.zeros((len(samples), num_labels), dtype=torch.float32)
@@ -362,11 +366,14 @@ def make_loader(
         shards = [dataclasses.replace(s, samples=len(keep[s.url])) for s in shards if keep.get(s.url)]
     transform = Transform(size, train, manifest["encoding"], with_masks)
     labels = len(manifest["classes"]) if is_multi_label(manifest) else 0
+    unlabeled = is_unlabeled(manifest)
     if not train:
         plan = plan_eval(shards, batch_size=batch_size, rank=rank, world_size=world_size,
                          num_workers=num_workers)
-        return Loader(BatchSpec(plan, transform, normalise, 0, with_meta, with_masks, keep, labels), num_workers)
+        return Loader(BatchSpec(plan, transform, normalise, 0, with_meta, with_masks, keep, labels,
+                                unlabeled=unlabeled), num_workers)
     plan, reads = _train_plan(manifest, split, keep, batch_size=batch_size, rank=rank, world_size=world_size,
                               num_workers=num_workers, epoch=epoch, seed=seed, start=start, drop_last=drop_last)
-    return Loader(BatchSpec(plan, transform, normalise, 0, with_meta, with_masks, None, labels, **reads), num_workers)
+    return Loader(BatchSpec(plan, transform, normalise, 0, with_meta, with_masks, None, labels, **reads,
+                            unlabeled=unlabeled), num_workers)
 

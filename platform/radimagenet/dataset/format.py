@@ -3,7 +3,8 @@
 A dataset is ``<split>-NNNNNN.tar`` WebDataset shards plus ``manifest.json`` under one S3 prefix
 (docs/design.md). Each sample is the tar members sharing a *key*: the member path up to the first
 dot of its basename; the rest of the name is the member's *extension* (``npy``/``png`` image,
-``cls`` label, ``json`` metadata, ``mask.png`` optional mask), as WebDataset reads them.
+``cls`` label, ``json`` metadata, ``mask.png`` optional mask), as WebDataset reads them. Samples of an
+unlabeled dataset (``ingest --unlabeled``, :func:`is_unlabeled`) have no ``cls`` member.
 
 Everything here is plain data and functions (no tar parsing: see :mod:`radimagenet.dataset.tar`).
 """
@@ -25,6 +26,7 @@ FORMAT = "radimagenet-dataset/1"  # manifest["format"]; readers refuse anything 
 ENCODINGS = ("npy", "png")  # image member extensions (manifest["encoding"])
 SPLITS = ("train", "val", "test")  # the splits an ingest writes, in manifest order
 LABEL_EXT = "cls"  # label id as ASCII decimal; a multi-label sample's ids comma-separated ("3,7")
+UNLABELED = -1  # the label id of a sample of an unlabeled dataset (no ``cls`` member; the loader's label)
 META_EXT = "json"  # non-identifying metadata
 MASK_EXT = "mask.png"  # optional 0/1 mask, same size as the image
 MANIFEST_NAME = "manifest.json"
@@ -110,7 +112,7 @@ class Sample:
     key: str
     split: str
     patient: str  # pseudonym
-    label_id: int  # the label (multi-label: the first of ``label_ids``)
+    label_id: int  # the label (multi-label: the first of ``label_ids``; UNLABELED: none, no cls member)
     image: bytes  # encoded image member (manifest encoding)
     meta: bytes  # json member
     mask: bytes | None = None  # mask.png member
@@ -124,7 +126,10 @@ def encode_label(sample: Sample) -> bytes:
 
 
 def member_label_ids(member: dict) -> tuple[int, ...]:
-    """The label ids of a shard record's member (``label_ids`` in a multi-label dataset, else ``label_id``)."""
+    """The label ids of a shard record's member (``label_ids`` in a multi-label dataset, else ``label_id``;
+    none in an unlabeled dataset, whose members carry no ``label_id``)."""
+    if "label_id" not in member:
+        return ()
     return tuple(member.get("label_ids") or (member["label_id"],))
 
 
@@ -153,6 +158,12 @@ def label_names(label: str, multi_label: bool) -> list[str]:
 def is_multi_label(manifest: dict) -> bool:
     """Whether a dataset's images carry several labels each (``radimagenet ingest --multi-label``)."""
     return bool(manifest.get("multi_label", False))
+
+
+def is_unlabeled(manifest: dict) -> bool:
+    """Whether a dataset's images carry no label (``radimagenet ingest --unlabeled``): no classes, no
+    ``cls`` members; the loader gives each sample the label :data:`UNLABELED`."""
+    return bool(manifest.get("unlabeled", False))
 
 
 @dataclass(frozen=True)
@@ -212,7 +223,12 @@ def validate_manifest(manifest: Any, where: str = "manifest") -> dict:
     missing = [k for k in ("classes", "image_size", "encoding", "splits") if k not in manifest]
     if missing:
         raise ConfigError(f"{where} is incomplete: missing {missing}")
-    if not isinstance(manifest["classes"], list) or not manifest["classes"]:
+    if not isinstance(manifest.get("unlabeled", False), bool):
+        raise ConfigError(f"{where}: 'unlabeled' must be true or false")
+    if is_unlabeled(manifest):
+        if manifest["classes"] != [] or manifest.get("multi_label", False):
+            raise ConfigError(f"{where}: an unlabeled dataset has 'classes' [] and is not multi-label")
+    elif not isinstance(manifest["classes"], list) or not manifest["classes"]:
         raise ConfigError(f"{where}: 'classes' must be a non-empty list")
     if not isinstance(manifest["image_size"], int) or manifest["image_size"] < 1:
         raise ConfigError(f"{where}: 'image_size' must be a positive integer")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from radimagenet.dataset.format import SPLITS, manifest_uri, split_unit
+from radimagenet.dataset.format import SPLITS, is_unlabeled, manifest_uri, split_unit
 from radimagenet.io import storage
 
 
@@ -98,10 +98,13 @@ def summary(manifest: dict[str, Any]) -> str:
         mb = sum(sh["bytes"] for sh in s["shards"]) / 1e6
         lines.append(f"{name:<6} {s['samples']:>8} {s.get('patients', 0):>9} {len(s['shards']):>7} {mb:>9.1f}")
     lines.append("")
-    width = max(len(c) for c in manifest["classes"])
-    lines.append(f"{'class':<{width}} " + " ".join(f"{n:>7}" for n in splits))
-    for cls in manifest["classes"]:
-        lines.append(f"{cls:<{width}} " + " ".join(f"{s['classes'].get(cls, 0):>7}" for s in splits.values()))
+    if is_unlabeled(manifest):
+        lines.append("classes   none: an unlabeled dataset (ingest --unlabeled), for self-supervised pretraining")
+    else:
+        width = max(len(c) for c in manifest["classes"])
+        lines.append(f"{'class':<{width}} " + " ".join(f"{n:>7}" for n in splits))
+        for cls in manifest["classes"]:
+            lines.append(f"{cls:<{width}} " + " ".join(f"{s['classes'].get(cls, 0):>7}" for s in splits.values()))
     warnings = split_unit_warnings(manifest) + split_warnings(manifest) + class_warnings(manifest)
     lines.extend(f"warning: {w}" for w in warnings)
     return "\n".join(lines)

@@ -22,7 +22,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from radimagenet.dataset.format import LABEL_EXT, MASK_EXT, META_EXT, decode_label, split_shards
+from radimagenet.dataset.format import (
+    LABEL_EXT,
+    MASK_EXT,
+    META_EXT,
+    UNLABELED,
+    decode_label,
+    is_unlabeled,
+    split_shards,
+)
 from radimagenet.dataset.tar import group_samples, iter_tar
 from radimagenet.errors import StorageError
 from radimagenet.io import storage
@@ -165,26 +173,29 @@ def iterate_samples(manifest: dict, split: str) -> Iterator[dict[str, Any]]:
     """Every sample of ``split`` in manifest order, decoded, in this process (tools, fine-tuning, tests).
 
     ``{"key", "image": uint8 [S, S], "label_id": int, "label_ids": tuple, "meta": dict, "mask": uint8 [S, S] | None}``
-    (``label_id`` is the first of ``label_ids``: several only in a multi-label dataset).
+    (``label_id`` is the first of ``label_ids``: several only in a multi-label dataset; an unlabeled
+    dataset: ``UNLABELED`` and ``()``).
     """
-    encoding = manifest["encoding"]
+    encoding, unlabeled = manifest["encoding"], is_unlabeled(manifest)
     for shard in split_shards(manifest, split):
         for sample in read_shard(shard.url):
             mask = decode_mask(sample)
             yield {
                 "key": sample["__key__"],
                 "image": np.array(decode_image(sample, encoding)),
-                "label_id": sample_label(sample),
-                "label_ids": sample_label_ids(sample),
+                "label_id": UNLABELED if unlabeled else sample_label(sample),
+                "label_ids": () if unlabeled else sample_label_ids(sample),
                 "meta": json.loads(sample[META_EXT]) if META_EXT in sample else {},
                 "mask": None if mask is None else np.array(mask),
             }
 
 
 def sample_labels(manifest: dict, split: str) -> dict[str, int]:
-    """``{key: label_id}`` for every sample of ``split`` (reads the shards, decodes no images)."""
+    """``{key: label_id}`` for every sample of ``split`` (reads the shards, decodes no images; an
+    unlabeled dataset: every label ``UNLABELED``)."""
+    unlabeled = is_unlabeled(manifest)
     return {
-        sample["__key__"]: sample_label(sample)
+        sample["__key__"]: UNLABELED if unlabeled else sample_label(sample)
         for shard in split_shards(manifest, split)
         for sample in read_shard(shard.url)
     }

@@ -2,7 +2,7 @@
 
 Writing: every member is a plain POSIX ustar entry with a deterministic header (mode 0444, owner 0,
 mtime 0; see :func:`tar_header`), so equal samples give byte-identical shards; a sample is its
-image, ``cls`` and ``json`` members (and ``mask.png``), in that order, joined into one buffer
+image, ``cls`` (unless unlabeled) and ``json`` members (and ``mask.png``), in that order, joined into one buffer
 (:func:`encode_sample`); a shard ends with :data:`END_OF_ARCHIVE`.
 
 Reading: :func:`iter_tar` is a small streaming parser (ustar, GNU long names, pax) that reads 1 MiB
@@ -20,6 +20,7 @@ from radimagenet.dataset.format import (
     LABEL_EXT,
     MASK_EXT,
     META_EXT,
+    UNLABELED,
     Sample,
     check_key,
     encode_label,
@@ -58,9 +59,13 @@ def tar_header(name: str, size: int) -> bytes:
 
 
 def sample_members(sample: Sample, encoding: str) -> list[tuple[str, bytes]]:
-    """A sample's tar members in shard order: image (``encoding``), ``cls``, ``json``[, ``mask.png``]."""
+    """A sample's tar members in shard order: image (``encoding``), ``cls`` (none when the sample is
+    ``UNLABELED``), ``json``[, ``mask.png``]."""
     key = check_key(sample.key)
-    members = [(encoding, sample.image), (LABEL_EXT, encode_label(sample)), (META_EXT, sample.meta)]
+    members = [(encoding, sample.image)]
+    if sample.label_id != UNLABELED:
+        members.append((LABEL_EXT, encode_label(sample)))
+    members.append((META_EXT, sample.meta))
     if sample.mask is not None:
         members.append((MASK_EXT, sample.mask))
     return [(member_name(key, ext), data) for ext, data in members]

@@ -17,6 +17,7 @@ from radimagenet.dataset.format import (
     META_EXT,
     decode_label,
     is_multi_label,
+    is_unlabeled,
     label_text,
     split_member_name,
 )
@@ -29,8 +30,8 @@ def verify(manifest: dict[str, Any]) -> list[str]:
     """Re-read every shard; return the problems found (empty list: the dataset is intact).
 
     Checks each shard's size and SHA-256, that it is a readable tar holding the stated number of
-    samples, each with an image, a label and metadata, that labels agree with the metadata and
-    split, and that no sample key appears twice and no patient appears in two splits.
+    samples, each with an image, a label (none in an unlabeled dataset) and metadata, that labels agree
+    with the metadata and split, and that no sample key appears twice and no patient appears in two splits.
     """
     problems: list[str] = []
     keys: set[str] = set()
@@ -87,22 +88,34 @@ def _check_sample(url: str, split: str, key: str, members: dict[str, Any], manif
     if key in keys:
         problems.append(f"{where} appears more than once in the dataset")
     keys.add(key)
-    if manifest["encoding"] not in members or LABEL_EXT not in members or META_EXT not in members:
+    unlabeled = is_unlabeled(manifest)
+    if manifest["encoding"] not in members or META_EXT not in members or (LABEL_EXT not in members and not unlabeled):
         return problems + [f"{where} lacks members (has {sorted(members)})"]
     try:
         meta = json.loads(members[META_EXT])
-        label_ids = decode_label(members[LABEL_EXT])
+        label_ids = decode_label(members[LABEL_EXT]) if LABEL_EXT in members else ()
     except ValueError as exc:
         return problems + [f"{where}: unreadable .{LABEL_EXT} or .{META_EXT} member ({exc})"]
     if not isinstance(meta, dict):
         return problems + [f"{where}: .{META_EXT} member is not a JSON object"]
-    multi = is_multi_label(manifest)
-    if not all(0 <= i < n_classes for i in label_ids) or meta.get("label_id") != label_ids[0] \
-            or (multi and meta.get("label_ids") != list(label_ids)) or (not multi and len(label_ids) != 1):
-        problems.append(f"{where}: label id {label_text(label_ids)} is inconsistent")
+    problems.extend(_label_problems(where, label_ids, meta, manifest, n_classes))
     if meta.get("split") != split:
         problems.append(f"{where}: metadata says split {meta.get('split')!r}, shard is {split!r}")
     known = patient_split.setdefault(meta.get("patient"), split)
     if known != split:
         problems.append(f"{where}: patient {meta.get('patient')} is in both {known!r} and {split!r}")
     return problems
+
+
+def _label_problems(where: str, label_ids: tuple[int, ...], meta: dict[str, Any], manifest: dict[str, Any],
+                    n_classes: int) -> list[str]:
+    """A sample's labels against the manifest and its metadata (an unlabeled dataset: that it has none)."""
+    if is_unlabeled(manifest):
+        if label_ids or "label_id" in meta:
+            return [f"{where} carries a label (.{LABEL_EXT} member or label_id) but the dataset is unlabeled"]
+        return []
+    multi = is_multi_label(manifest)
+    if not all(0 <= i < n_classes for i in label_ids) or meta.get("label_id") != label_ids[0] \
+            or (multi and meta.get("label_ids") != list(label_ids)) or (not multi and len(label_ids) != 1):
+        return [f"{where}: label id {label_text(label_ids)} is inconsistent"]
+    return []

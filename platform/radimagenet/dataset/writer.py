@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from radimagenet.dataset.format import Sample, shard_name
+from radimagenet.dataset.format import UNLABELED, Sample, shard_name
 from radimagenet.dataset.index import write_index
 from radimagenet.dataset.tar import END_OF_ARCHIVE, encode_sample
 from radimagenet.io.storage import S3Uri, S3Writer, Staged
@@ -37,7 +37,7 @@ class ShardRecord:
     samples: int
     bytes: int
     sha256: str
-    # index, source, key, label_id, patient, patient_source (per member)
+    # index, source, key, label_id (none when unlabeled), patient, patient_source (per member)
     members: list[dict[str, Any]] = field(default_factory=list)
     # the shard's sample index (dataset/index.py): sample i is bytes [offsets[i], offsets[i + 1])
     offsets: list[int] = field(default_factory=list)
@@ -109,7 +109,8 @@ class ShardWriter:
         record.samples += 1
         record.members.append(
             {"index": sample.index, "source": sample.source, "key": sample.key,
-             "label_id": sample.label_id, "patient": sample.patient, "patient_source": sample.patient_source,
+             **({"label_id": sample.label_id} if sample.label_id != UNLABELED else {}),
+             "patient": sample.patient, "patient_source": sample.patient_source,
              **({"label_ids": list(sample.label_ids)} if sample.label_ids else {})}
         )
         if sink.size >= self.target_bytes:

@@ -53,6 +53,18 @@ def _resolve_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module
     return convs[-1]
 
 
+def token_grid(model: Any, tokens: Any) -> Any:
+    """A ViT's token sequence ``[B, N, D]`` as its patch grid ``[B, D, g, g]`` (prefix tokens dropped), so
+    feature-map code (Grad-CAM, masked-image decoders) treats ViTs as CNNs; a 4-D map is returned as is."""
+    if tokens.ndim == 4:
+        return tokens
+    patches = tokens[:, getattr(model, "num_prefix_tokens", 0):]
+    side = int(round(patches.shape[1] ** 0.5))
+    if side * side != patches.shape[1]:
+        raise ConfigError(f"cannot lay {patches.shape[1]} tokens of {type(model).__name__} on a square grid")
+    return patches.transpose(1, 2).reshape(len(tokens), -1, side, side)
+
+
 def _activations_and_logits(
     model: nn.Module, images: torch.Tensor, layer: nn.Module | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,10 +142,12 @@ def gradcam(
     try:
         with torch.enable_grad():
             acts, logits = _activations_and_logits(model, images, chosen)
-            if acts.ndim != 4:
+            if acts.ndim not in (3, 4):
                 raise ConfigError(f"explained feature map must be [B, K, h, w], got {tuple(acts.shape)}")
             scores = _target_scores(logits, target)
             (grads,) = torch.autograd.grad(scores.sum(), acts)
+            if acts.ndim == 3:  # a ViT's tokens [B, N, D]: its patch grid is the feature map
+                acts, grads = token_grid(model, acts), token_grid(model, grads)
     finally:
         for module, mode in modes:
             module.training = mode

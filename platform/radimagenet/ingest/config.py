@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from radimagenet.dataset.format import ENCODINGS
 from radimagenet.errors import ConfigError
+from radimagenet.ingest.sources import UNLABELED_MULTI_LABEL
 from radimagenet.ingest.textcheck import TEXT_CHECK_MODES
 
 
@@ -32,6 +33,7 @@ class IngestConfig:
     allow_burned_in: bool = False  # keep DICOMs with BurnedInAnnotation YES
     text_check: str = "off"  # off | sc-us | all: reject images with text in the pixels ('burned_in_text')
     multi_label: bool = False  # labels CSV cells list several |-separated findings per image
+    unlabeled: bool = False  # no labels: the folder layout gives no class, a labels CSV's label column is ignored
 
     def __post_init__(self) -> None:
         if self.image_size < 16 or self.image_size > 4096:
@@ -50,6 +52,8 @@ class IngestConfig:
         if self.patient_from not in ("auto", "column", "dicom", "file"):
             raise ConfigError(f"--patient-from must be auto, column, dicom or file, got {self.patient_from!r}")
         self._check_split_unit()
+        if self.unlabeled and self.multi_label:
+            raise ConfigError(UNLABELED_MULTI_LABEL)
         if not 0 < self.max_megapixels < float("inf"):
             raise ConfigError(f"--max-megapixels must be a positive number, got {self.max_megapixels}")
         if self.text_check not in TEXT_CHECK_MODES:
@@ -84,6 +88,7 @@ class IngestConfig:
             "allow_burned_in": self.allow_burned_in,
             "text_check": self.text_check,
             **({"multi_label": True} if self.multi_label else {}),  # absent when off: older journals still match
+            **({"unlabeled": True} if self.unlabeled else {}),
         }
 
 

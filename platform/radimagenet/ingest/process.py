@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from radimagenet.dataset.format import Sample, label_names, pixel_key
+from radimagenet.dataset.format import UNLABELED, Sample, label_names, pixel_key
 from radimagenet.errors import ConfigError
 from radimagenet.ingest import decode
 from radimagenet.ingest.deid import clean_meta, patient_key, source_pseudonym, split_of
@@ -38,6 +38,7 @@ class Context:
     patient_from: str
     text_check: str = "off"  # which images the pixel text check sees (textcheck.checks)
     multi_label: bool = False  # a row's label lists several |-separated class names
+    unlabeled: bool = False  # no labels: samples get no cls member and no label fields in their json
     source_root: str = ""  # SOURCE, resolved on the driver: every node that processes rows must see it
 
 
@@ -130,11 +131,14 @@ def process_row(row: InputRow, ctx: Context) -> Sample | Reject:
                       f"give a patient_id column, --split-csv files or --split-unit image")
     patient = patient_key(ctx.secret, identity)
     split = row.split or split_of(patient, ctx.fractions)
-    label_ids = tuple(sorted(ctx.class_ids[n] for n in label_names(row.label, ctx.multi_label)))
-    label_id = label_ids[0]
+    names = () if ctx.unlabeled else label_names(row.label, ctx.multi_label)
+    label_ids = tuple(sorted(ctx.class_ids[n] for n in names))
+    label_id = label_ids[0] if label_ids else UNLABELED
     dropped: list[str] = []
     meta = clean_meta(decoded.meta, dropped)
-    meta.update(label=row.label, label_id=label_id, split=split, patient=patient, patient_source=origin)
+    meta.update(split=split, patient=patient, patient_source=origin)
+    if not ctx.unlabeled:
+        meta.update(label=row.label, label_id=label_id)
     if ctx.multi_label:
         meta["label_ids"] = list(label_ids)
     if dropped:

@@ -68,6 +68,8 @@ from radimagenet.ingest.target import check_target, clear_journal, preflight, re
 from radimagenet.ingest.textcheck import require_detector
 from radimagenet.io import lease, storage
 
+_json_str = json.encoder.encode_basestring_ascii  # a str as json.dumps writes it (ensure_ascii)
+
 # --- processing inputs -----------------------------------------------------------------------------
 
 def fingerprint_of(cfg: IngestConfig, rows: list[InputRow], classes: list[str], secret: bytes,
@@ -142,21 +144,23 @@ class _State:
             self.lines[res.index] = _line(res.source, "rejected", reason=f"{res.reason}: {res.detail}")
             self.rejected += 1
             return False
-        if res.key in self.first_of_key:
-            source, split = self.first_of_key[res.key]
-            self.lines[res.index] = _line(res.source, "duplicate", key=res.key, split=split, duplicate_of=source)
+        key, split = res.key, res.split
+        if key in self.first_of_key:
+            source, split = self.first_of_key[key]
+            self.lines[res.index] = _line(res.source, "duplicate", key=key, split=split, duplicate_of=source)
             return False
-        known = self.split_of_patient.setdefault(res.patient, res.split)
-        if known != res.split:
-            reason = f"split_conflict: this patient is already in {known!r}, this input is given {res.split!r}"
+        known = self.split_of_patient.setdefault(res.patient, split)
+        if known != split:
+            reason = f"split_conflict: this patient is already in {known!r}, this input is given {split!r}"
             self.lines[res.index] = _line(res.source, "rejected", reason=reason)
             self.rejected += 1
             return False
         dropped = getattr(res, "dropped", ())
         if dropped:  # before write: a full shard is journaled (with these) from the writer's thread
             self.dropped[res.index] = dropped
-        self.first_of_key[res.key] = (res.source, res.split)
-        self.lines[res.index] = _line(res.source, "written", key=res.key, split=res.split)
+        self.first_of_key[key] = (res.source, split)
+        self.lines[res.index] = {"source": res.source, "status": "written", "key": key, "split": split,  # = _line
+                                 "reason": None, "duplicate_of": None}
         return True
 
 
@@ -165,15 +169,25 @@ def _line(source: str, status: str, key=None, split=None, reason=None, duplicate
             "duplicate_of": duplicate_of}
 
 
+def report_line(line: dict) -> str:
+    """``json.dumps(line) + "\\n"`` for a line made by ``_line`` (the same text, built 4x faster)."""
+    j = _json_str
+    source, status, key, split, reason, duplicate_of = (line["source"], line["status"], line["key"], line["split"],
+                                                        line["reason"], line["duplicate_of"])
+    return (f'{{"source": {j(source)}, "status": {j(status)}, "key": {"null" if key is None else j(key)}, '
+            f'"split": {"null" if split is None else j(split)}, "reason": {"null" if reason is None else j(reason)}, '
+            f'"duplicate_of": {"null" if duplicate_of is None else j(duplicate_of)}}}\n')
+
+
 # --- outputs ---------------------------------------------------------------------------------------
 
 def dataset_digest(records: list[ShardRecord], cfg: IngestConfig) -> str:
-    """SHA-256 over the sorted (split, key, label_id) triples, image size and encoding."""
+    """SHA-256 over the sorted (split, key, label_id) triples, image size and encoding (unlabeled: the
+    third field is empty)."""
     triples = sorted((r.split, m["key"], label_text(member_label_ids(m)))
                      for r in records for m in r.members)
     h = hashlib.sha256(f"{cfg.image_size}:{cfg.encoding}\n".encode())
-    for t in triples:
-        h.update(f"{t[0]}\t{t[1]}\t{t[2]}\n".encode())
+    h.update("".join(f"{t[0]}\t{t[1]}\t{t[2]}\n" for t in triples).encode())  # one update: the same hash
     return "sha256:" + h.hexdigest()
 
 
@@ -222,6 +236,7 @@ def build_manifest(cfg: IngestConfig, classes: list[str], records: list[ShardRec
         "encoding": cfg.encoding,
         "has_masks": has_masks,
         "multi_label": cfg.multi_label,
+        "unlabeled": cfg.unlabeled,
         "split_unit": unit,
         "splits": splits,
         "counts": {
@@ -274,13 +289,13 @@ def ingest(cfg: IngestConfig, secret: bytes, progress: bool | None = None, sourc
     """Run (or finish) an ingest and return its manifest. The map from the source pseudonyms of the
     report back to paths is written locally to ``source_map`` (default: ``deid.source_map_path``)."""
     require_detector(cfg.text_check)  # --text-check without its extra stops here, before any work
-    rows = read_inputs(cfg.source, cfg.labels, cfg.multi_label)
+    rows = read_inputs(cfg.source, cfg.labels, cfg.multi_label, cfg.unlabeled)
     files = read_split_files(cfg.split_csv, cfg.source, secret) if cfg.split_csv else None
     if files is not None:
         rows = assign_splits(rows, files)
     check_patient_identity(rows, cfg.split_unit, cfg.patient_from, cfg.source)
     classes = class_list(rows, cfg.multi_label)
-    if not classes:
+    if not classes and not cfg.unlabeled:
         where = "in the labels file (--labels)" if cfg.labels else "under SOURCE (no file is inside a label folder)"
         raise ConfigError(f"no usable labels {where}")
     fingerprint = fingerprint_of(cfg, rows, classes, secret, files.digests if files else None)
@@ -303,7 +318,7 @@ def _write(cfg: IngestConfig, rows: list[InputRow], classes: list[str], secret: 
                                        max_megapixels=cfg.max_megapixels, allow_burned_in=cfg.allow_burned_in),
         image_size=cfg.image_size, encoding=cfg.encoding, secret=secret,
         fractions=tuple(cfg.split_fractions), patient_from=cfg.patient_from, text_check=cfg.text_check,
-        multi_label=cfg.multi_label, source_root=str(Path(cfg.source).expanduser().resolve()),
+        multi_label=cfg.multi_label, unlabeled=cfg.unlabeled, source_root=str(Path(cfg.source).expanduser().resolve()),
     )
     state = _State(first_of_key={}, split_of_patient={}, lines={})
     state.dropped.update((i, tuple(fields)) for i, fields in dropped.items())
@@ -341,7 +356,7 @@ def _write(cfg: IngestConfig, rows: list[InputRow], classes: list[str], secret: 
     records.sort(key=lambda r: (SPLITS.index(r.split), r.index))
     held.check()
     remove_orphans(out, records)
-    report = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    report = "".join(map(report_line, lines)).encode()
     storage.write_bytes(out.join("report.jsonl"), report, "application/x-ndjson")
     dropped_fields = count_dropped(state.dropped.get(m["index"], ()) for r in records for m in r.members)
     manifest = build_manifest(cfg, classes, records, lines, fingerprint, has_masks, origin=origin,

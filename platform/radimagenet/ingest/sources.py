@@ -19,6 +19,11 @@ cell of a labels CSV lists every finding of the image, separated by ``|`` (``eff
 NIH ChestX-ray14 writes them); the row's ``label`` is then the sorted distinct names joined by ``|``
 and each name is a class. An empty name (``a||b``) is a ``bad_label`` row. A folder gives one label,
 so a multi-label ingest needs a labels CSV.
+
+Unlabeled (``read_inputs(..., unlabeled=True)``, ``radimagenet ingest --unlabeled``): every row's
+``label`` is ``""``. The folder layout gives no class (files may sit at any depth, SOURCE itself
+included); a labels CSV needs only a ``path`` column and its ``label`` column, if any, is ignored (said
+once on stderr).
 """
 
 from __future__ import annotations
@@ -27,26 +32,30 @@ import codecs
 import csv
 import functools
 import io
+import operator
 import os
+import sys
 import unicodedata
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from radimagenet.dataset.format import LABEL_SEP, label_names
 from radimagenet.errors import ConfigError
 
 REQUIRED_COLUMNS = ("path", "label")
+UNLABELED_MULTI_LABEL = "--unlabeled and --multi-label exclude each other: an unlabeled dataset has no labels"
 OPTIONAL_COLUMNS = ("patient_id", "split", "mask")
 SPLIT_NAMES = ("train", "val", "test")
 # control (\n \t \x00 ...), invisible format (bidi overrides, zero-width) and line/paragraph separators
 _BAD_LABEL_CATEGORIES = ("Cc", "Cf", "Zl", "Zp", "Cs")
+_NAME = operator.attrgetter("name")
 _JOINERS = frozenset("\u200c\u200d")  # zero-width (non-)joiner: part of correctly spelled Persian, Arabic, Indic words
 
 
-@dataclass(frozen=True)
-class InputRow:
-    """One input: a file (and its row in labels.csv, if any)."""
+class InputRow(NamedTuple):
+    """One input: a file (and its row in labels.csv, if any). A named tuple, not a frozen dataclass:
+    made 10x faster (the scan of a large folder) and pickled as one tuple (to the Ray tasks)."""
 
     index: int
     source: str  # the path as given (CSV cell, or the path relative to SOURCE; non-UTF-8 bytes escaped)
@@ -102,9 +111,10 @@ def escape_name(name: str) -> str:
 
 # --- labels CSV ------------------------------------------------------------------------------------
 
-def read_labels_csv(source: Path, labels: Path, multi_label: bool = False) -> list[InputRow]:
+def read_labels_csv(source: Path, labels: Path, multi_label: bool = False, unlabeled: bool = False) -> list[InputRow]:
     """Rows of a labels CSV; paths are relative to ``source``. Missing columns fail fast.
-    ``multi_label``: a label cell lists several names separated by ``|``."""
+    ``multi_label``: a label cell lists several names separated by ``|``; ``unlabeled``: only ``path``
+    is required and a ``label`` column is ignored."""
     if not labels.is_file():
         raise ConfigError(f"labels file {labels} does not exist")
     root = os.path.realpath(source)
@@ -112,7 +122,9 @@ def read_labels_csv(source: Path, labels: Path, multi_label: bool = False) -> li
     out: list[InputRow] = []
     try:
         columns = [c.strip() for c in next(reader, [])]
-        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+        missing = [c for c in (("path",) if unlabeled else REQUIRED_COLUMNS) if c not in columns]
+        if unlabeled and "label" in columns:
+            print(f"radimagenet ingest: note: --unlabeled: the label column of {labels} is ignored", file=sys.stderr)
         if missing:
             raise ConfigError(
                 f"{labels}: missing column(s) {missing}; expected a header with "
@@ -127,7 +139,9 @@ def read_labels_csv(source: Path, labels: Path, multi_label: bool = False) -> li
             extra = sum(1 for cell in cells[len(columns):] if cell.strip())
             if multi_label:
                 r["label"] = _multi_label(r.get("label", ""))
-            out.append(_row_from_csv(len(out), r, root, line, extra, multi_label))
+            if unlabeled:
+                r["label"] = ""
+            out.append(_row_from_csv(len(out), r, root, line, extra, multi_label, unlabeled))
     except csv.Error as exc:
         raise ConfigError(f"{labels} line {reader.line_num}: not a readable CSV row ({exc})") from None
     check_split_column(out, labels)
@@ -153,7 +167,7 @@ def _decode_labels(labels: Path) -> str:
 
 
 def _row_from_csv(index: int, r: dict[str, str], source: str, line: int, extra: int = 0,
-                  multi_label: bool = False) -> InputRow:
+                  multi_label: bool = False, unlabeled: bool = False) -> InputRow:
     """One CSV row as an input; ``extra`` counts non-empty cells beyond the header (an unquoted comma)."""
     where = f"labels.csv line {line}"
     given, label = r.get("path", ""), r.get("label", "")
@@ -173,7 +187,7 @@ def _row_from_csv(index: int, r: dict[str, str], source: str, line: int, extra: 
     elif mask is not None and not _inside(mask, source):
         problem = ("outside_source", f"{where}: the mask path leaves SOURCE (absolute, '..' or a link out); "
                    f"not read")
-    elif not label:
+    elif not label and not unlabeled:
         problem = ("missing_label", f"{where}: empty label")
     elif _label_problem(label):
         problem = ("bad_label", f"{where}: {_label_problem(label)}")
@@ -218,8 +232,9 @@ def check_split_column(rows: list[InputRow], labels: Path) -> None:
 
 # --- folder layout ---------------------------------------------------------------------------------
 
-def scan_folder(source: Path) -> list[InputRow]:
-    """Every file under ``source`` (sorted, depth first); its relative directory is the label.
+def scan_folder(source: Path, unlabeled: bool = False) -> list[InputRow]:
+    """Every file under ``source`` (sorted, depth first); its relative directory is the label
+    (``unlabeled``: no label, and a file may sit at any depth).
 
     Folder links are never followed (one pointing outside SOURCE is an ``outside_source`` row, one
     inside is skipped: its files are listed where they are); a file link is read only when its target
@@ -234,38 +249,46 @@ def scan_folder(source: Path) -> list[InputRow]:
         rel_dir = stack.pop()
         try:
             with os.scandir(os.path.join(root, rel_dir)) as it:
-                entries = sorted(it, key=lambda e: e.name)
+                entries = sorted(it, key=_NAME)
         except OSError as exc:
             if not rel_dir:
                 raise ConfigError(f"cannot list source folder {source}: {exc.strerror or exc}") from None
-            rows.append(_folder_row(len(rows), rel_dir, "", ("unreadable", "this folder cannot be listed")))
+            rows.append(_folder_row(len(rows), rel_dir, "", ("unreadable", "this folder cannot be listed"),
+                                    unlabeled))
             continue
         subdirs = []
+        label = "" if unlabeled else rel_dir.replace(os.sep, "/")  # what _folder_row gives this folder's files
+        plain = _is_utf8(rel_dir) and (bool(label) or unlabeled) and not _label_problem(label)
+        prefix = rel_dir + os.sep if rel_dir else ""  # os.path.join(rel_dir, name), 3x faster
         for entry in entries:
-            rel = os.path.join(rel_dir, entry.name)
+            rel = prefix + entry.name
             if _entry_is(entry.is_dir, follow_symlinks=False):
                 subdirs.append(rel)
                 continue
-            row = _folder_entry(len(rows), rel, entry, root)
+            if plain and not _entry_is(entry.is_symlink) and _is_utf8(entry.name):  # the common case, fast
+                rows.append(InputRow(len(rows), rel, entry.path, label))
+                continue
+            row = _folder_entry(len(rows), rel, entry, root, unlabeled)
             if row is not None:
                 rows.append(row)
         stack.extend(reversed(subdirs))
     return rows
 
 
-def _folder_entry(index: int, rel: str, entry: os.DirEntry, root: str) -> InputRow | None:
+def _folder_entry(index: int, rel: str, entry: os.DirEntry, root: str, unlabeled: bool = False) -> InputRow | None:
     """The row of one non-directory entry of the scan (None: a folder link inside SOURCE, skipped)."""
     if not _entry_is(entry.is_symlink):
-        return _folder_row(index, rel, entry.path, None)
+        return _folder_row(index, rel, entry.path, None, unlabeled)
     target = os.path.realpath(entry.path)
     inside = _inside(target, root)
     if os.path.isdir(target):
         if inside:
             return None
-        return _folder_row(index, rel, "", ("outside_source", "a folder link that leaves SOURCE; not followed"))
+        return _folder_row(index, rel, "", ("outside_source", "a folder link that leaves SOURCE; not followed"),
+                           unlabeled)
     if not inside:
-        return _folder_row(index, rel, "", ("outside_source", "a file link that leaves SOURCE; not read"))
-    return _folder_row(index, rel, target, None)
+        return _folder_row(index, rel, "", ("outside_source", "a file link that leaves SOURCE; not read"), unlabeled)
+    return _folder_row(index, rel, target, None, unlabeled)
 
 
 def _entry_is(test: Callable[..., bool], **kwargs: bool) -> bool:
@@ -276,14 +299,16 @@ def _entry_is(test: Callable[..., bool], **kwargs: bool) -> bool:
         return False
 
 
-def _folder_row(index: int, rel: str, path: str, problem: tuple[str, str] | None) -> InputRow:
-    """A folder-layout row: label from the relative folder; name and label checks after ``problem``."""
-    label = os.path.dirname(rel).replace(os.sep, "/")
+def _folder_row(index: int, rel: str, path: str, problem: tuple[str, str] | None,
+                unlabeled: bool = False) -> InputRow:
+    """A folder-layout row: label from the relative folder (``unlabeled``: none); name and label checks
+    after ``problem``."""
+    label = "" if unlabeled else os.path.dirname(rel).replace(os.sep, "/")
     utf8 = _is_utf8(rel)
     if problem is None and not utf8:
         problem = ("bad_filename", "the file or folder name is not valid UTF-8 (shown with \\x escapes); "
                    "rename it")
-    elif problem is None and not label:
+    elif problem is None and not label and not unlabeled:
         problem = ("missing_label", "the file is not inside a label folder")
     elif problem is None and _label_problem(label):
         problem = ("bad_label", f"folder name: {_label_problem(label)}")
@@ -294,16 +319,20 @@ def _folder_row(index: int, rel: str, path: str, problem: tuple[str, str] | None
 
 # --- both ------------------------------------------------------------------------------------------
 
-def read_inputs(source: str, labels: str | None, multi_label: bool = False) -> list[InputRow]:
+def read_inputs(source: str, labels: str | None, multi_label: bool = False, unlabeled: bool = False) -> list[InputRow]:
     """Rows from ``labels`` when given, else from the folder layout under ``source``
-    (``multi_label``: label cells list several ``|``-separated names; needs ``labels``)."""
+    (``multi_label``: label cells list several ``|``-separated names; needs ``labels``; ``unlabeled``:
+    every row's label is empty, whatever the folders or a label column say)."""
     src = Path(source).expanduser().resolve()
     if not src.exists():
         raise ConfigError(f"source {source} does not exist")
+    if unlabeled and multi_label:
+        raise ConfigError(UNLABELED_MULTI_LABEL)
     if multi_label and not labels:
         raise ConfigError("--multi-label needs a labels CSV (--labels) whose label cells list the image's "
                           "findings separated by '|': a folder gives each file one label")
-    rows = read_labels_csv(src, Path(labels).expanduser(), multi_label) if labels else scan_folder(src)
+    rows = (read_labels_csv(src, Path(labels).expanduser(), multi_label, unlabeled) if labels
+            else scan_folder(src, unlabeled))
     if not rows:
         raise ConfigError(f"no inputs found in {labels or source}")
     return rows

@@ -1,7 +1,9 @@
 """One writer per S3 prefix: a lease object taken with a conditional put.
 
 A writer (an ingest) holds ``<prefix>/_lease.json`` while it writes. It is created with
-``If-None-Match: *`` (only one of several concurrent puts succeeds), renewed by a heartbeat with
+``If-None-Match: *`` and read back after a moment (SeaweedFS does not always make concurrent conditional
+creates atomic: two may both succeed, and the later body stays; the read-back tells the earlier writer it
+lost), renewed by a heartbeat with
 ``If-Match: <etag>`` (a holder that lost its lease notices at the next beat), taken over with
 ``If-Match`` on the stale lease's etag, and released with a conditional delete. Ages are measured on
 the S3 server's clock (the object's ``Last-Modified`` against the response's ``Date``), so clock skew
@@ -33,6 +35,7 @@ from radimagenet.io.storage import S3Uri
 
 LEASE_NAME = "_lease.json"
 DEFAULT_TTL_S = 60.0  # a lease whose holder has not renewed it for this long may be taken over
+SETTLE_S = 1.0  # how long after a successful conditional put a racing put must have landed
 
 
 class LeaseHeld(ConfigError):
@@ -202,7 +205,9 @@ def acquire(uri: S3Uri, purpose: str, ttl_s: float = DEFAULT_TTL_S, take_over: b
     for _ in range(5):  # a lease released or renewed between our calls: look again
         etag = _put(uri, body, IfNoneMatch="*")
         if etag is not None:
-            return Lease(uri, body, etag)
+            etag = _confirm(uri, body)
+            if etag is not None:
+                return Lease(uri, body, etag)
         now = stat(uri)
         if now is None:
             continue
@@ -221,8 +226,19 @@ def acquire(uri: S3Uri, purpose: str, ttl_s: float = DEFAULT_TTL_S, take_over: b
             )
         etag = _put(uri, body, IfMatch=now.etag)
         if etag is not None:
-            return Lease(uri, body, etag, previous=now.body, forced=not stale, previous_dead=dead)
+            etag = _confirm(uri, body)
+            if etag is not None:
+                return Lease(uri, body, etag, previous=now.body, forced=not stale, previous_dead=dead)
     raise LeaseHeld(f"could not take the lease {uri}: it changed hands five times while we tried; try again")
+
+
+def _confirm(uri: S3Uri, body: dict) -> str | None:
+    """The lease's etag if, ``SETTLE_S`` after our successful put, the object is still ours; else None.
+
+    A conditional put that the server reported as successful may still have raced another one."""
+    time.sleep(SETTLE_S)
+    now = stat(uri)
+    return now.etag if now is not None and now.body.get("lease_id") == body["lease_id"] else None
 
 
 @contextlib.contextmanager

@@ -158,12 +158,12 @@ def log_text(uri: str, run_id: str, text: str, artifact_file: str) -> None:
     client(uri).log_text(run_id, text, artifact_file)
 
 
-def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int) -> None:
-    """Log numeric metrics at ``step`` (NaN/inf are skipped: MLflow rejects them on some stores)."""
+def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int, tags: dict[str, str] | None = None) -> None:
+    """Log numeric metrics at ``step`` (NaN/inf are skipped: MLflow rejects them on some stores), and ``tags``."""
     import math
     import time
 
-    from mlflow.entities import Metric
+    from mlflow.entities import Metric, RunTag
 
     now = int(time.time() * 1000)
     items = [
@@ -174,6 +174,8 @@ def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int) -> 
     c = client(uri)
     for i in range(0, len(items), 1000):
         c.log_batch(run_id, metrics=items[i : i + 1000])
+    if tags:
+        c.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
 def _metric_key(key: str) -> str:

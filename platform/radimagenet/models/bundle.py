@@ -40,7 +40,8 @@ def build_model(record: BackboneRecord, drop_rate: float = 0.0) -> Any:
         from radimagenet.models.unet import create_unet
 
         return create_unet(record.arch, num_classes=1, in_chans=record.in_chans)
-    return create_model(record.arch, record.num_classes, record.in_chans, drop_rate)
+    return create_model(record.arch, record.num_classes, record.in_chans, drop_rate, img_size=int(record.input_size[1]),
+                        global_pool=record.global_pool)
 
 
 def load_dir(directory: str, drop_rate: float = 0.0) -> tuple[BackboneRecord, Any]:

@@ -27,22 +27,40 @@ def check_arch(arch: str) -> str:
 
 
 def create_model(
-    arch: str, num_classes: int, in_chans: int = 3, drop_rate: float = 0.0, pretrained: bool = False
+    arch: str, num_classes: int, in_chans: int = 3, drop_rate: float = 0.0, pretrained: bool = False,
+    img_size: int | None = None, dynamic: bool = False, global_pool: str = "",
 ) -> Any:
-    """A freshly initialised timm model. Weights are never downloaded: load ours with ``backbones.load``."""
+    """A freshly initialised timm model. Weights are never downloaded: load ours with ``backbones.load``.
+
+    ``num_classes=0``: no head (pooled features; a self-supervised backbone). ``img_size``: the input
+    size of models built for one (ViTs: their position embeddings); ``dynamic``: such a model also
+    takes other sizes (DINO's small crops). Both are ignored by models that take any size.
+    ``global_pool``: timm's pooling (e.g. ``avg`` for a ViT's patch tokens instead of its class token);
+    empty: the architecture's default."""
     import timm
 
     if pretrained:
         raise ConfigError(
             "create_model never downloads weights; use radimagenet.models.registry.load('NAME@alias') for ours"
         )
-    if num_classes < 1:
-        raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
+    if num_classes < 0:
+        raise ConfigError(f"num_classes must be >= 0 (0: no head), got {num_classes}")
     if in_chans < 1:
         raise ConfigError(f"in_chans must be >= 1, got {in_chans}")
-    return timm.create_model(
-        check_arch(arch), pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate
-    )
+    kw = {"pretrained": False, "num_classes": num_classes, "in_chans": in_chans, "drop_rate": drop_rate}
+    if global_pool:
+        kw["global_pool"] = global_pool
+    if img_size is not None and takes_img_size(arch):
+        kw |= {"img_size": img_size} | ({"dynamic_img_size": True, "dynamic_img_pad": True} if dynamic else {})
+    return timm.create_model(check_arch(arch), **kw)
+
+
+def takes_img_size(arch: str) -> bool:
+    """Whether the timm model ``arch`` is built for one input size (its pretrained config says
+    ``fixed_input_size``: ViTs, Swin), so it must be told ``img_size``."""
+    import timm
+
+    return bool(getattr(timm.models.get_pretrained_cfg(arch), "fixed_input_size", False))
 
 
 def imagenet_weights_file(arch: str, weights_file: str = "") -> str:

@@ -141,6 +141,10 @@ def load_predictor(ref: str, *, device: str = "", tracking_uri: str = "") -> Pre
         with tempfile.TemporaryDirectory(prefix="radimagenet-predict-") as tmp:
             record, model = load_dir(tracking.download_backbone(uri, mv, dst=tmp))
         meta |= {"name": mv.name, "version": str(mv.version)}
+    if record.task == "classification" and not record.num_classes:
+        raise ConfigError(f"{ref}: a backbone pretrained with objective={record.objective} has no head and no classes "
+                          "to predict; fine-tune it first (radimagenet finetune backbone=...), or embed images with "
+                          "radimagenet.models.registry.load(ref, num_classes=0) in a notebook")
     if record.task == "classification" and len(record.classes) != record.num_classes:
         raise ConfigError(f"{ref}: the record names {len(record.classes)} classes for {record.num_classes} outputs")
     dev = pick_device(device)

@@ -52,6 +52,8 @@ class BackboneRecord:
     task: str = "classification"
     ingest: dict[str, Any] = field(default_factory=dict)
     multi_label: bool = False
+    objective: str = "supervised"  # how the backbone was pretrained: supervised | dino | mae (no head: num_classes 0)
+    global_pool: str = ""  # timm pooling the backbone was built with ("": the architecture's default)
     format: str = RECORD_FORMAT
 
     def to_dict(self) -> dict[str, Any]:

@@ -51,10 +51,10 @@ class DownstreamTask:
     masks: ClassVar[bool] = False  # batches carry the lesion masks
     _subset: Any = None  # the label_fraction share, computed on first use
 
-    def loader(self, split: str, ctx: Any, *, epoch: int = 0, train: bool = False) -> Any:
+    def loader(self, split: str, ctx: Any, *, epoch: int = 0, train: bool = False, start: int = 0) -> Any:
         keep = self.train_subset().keys if split == "train" and self.train_subset() else None
         return loader(self.record, self.cfg, self.manifest, split, ctx, train=train, epoch=epoch, masks=self.masks,
-                      keep=keep)
+                      keep=keep, start=start)
 
     def train_subset(self) -> Any:
         """The ``data.label_fraction`` share of the training split (None: all of it), chosen once."""
@@ -98,7 +98,8 @@ def build_classifier(cfg: FinetuneConfig, manifest: dict, num_classes: int) -> t
         return registry.load(cfg.resolved_backbone or cfg.backbone, num_classes, tracking_uri=cfg.tracking.uri,
                              drop_rate=cfg.model.drop_rate)
     if cfg.init == "scratch":
-        model = create_model(cfg.model.arch, num_classes, cfg.model.in_chans, cfg.model.drop_rate)
+        model = create_model(cfg.model.arch, num_classes, cfg.model.in_chans, cfg.model.drop_rate,
+                             img_size=cfg.data.image_size or int(manifest["image_size"]))
         record = make_record(cfg.model.arch, manifest, in_chans=cfg.model.in_chans, image_size=cfg.data.image_size,
                              mean=cfg.data.mean or (0.5,), std=cfg.data.std or (0.25,))
         return attach_record(model, record), record
@@ -112,8 +113,10 @@ def build_classifier(cfg: FinetuneConfig, manifest: dict, num_classes: int) -> t
 
 
 def loader(model_record: Any, cfg: FinetuneConfig, manifest: dict, split: str, ctx: Any, *, train: bool,
-           epoch: int = 0, num_workers: int | None = None, masks: bool = False, keep: Any = None) -> Any:
-    """The split's batches, preprocessed as the model's record says (channels, mean, std)."""
+           epoch: int = 0, num_workers: int | None = None, masks: bool = False, keep: Any = None,
+           start: int = 0) -> Any:
+    """The split's batches, preprocessed as the model's record says (channels, mean, std); training from
+    global position ``start``, every sample once (the last batch may be short)."""
     from radimagenet.data.loader import make_loader
 
     return make_loader(manifest, split, batch_size=cfg.train.batch_size, rank=ctx.rank, world_size=ctx.world_size,
@@ -121,7 +124,7 @@ def loader(model_record: Any, cfg: FinetuneConfig, manifest: dict, split: str, c
                        num_workers=cfg.data.num_workers if num_workers is None else num_workers,
                        image_size=cfg.data.image_size, channels=model_record.in_chans, mean=tuple(model_record.mean),
                        std=tuple(model_record.std), shuffle_buffer=cfg.data.shuffle_buffer, with_meta=not train,
-                       with_masks=masks, keep=keep)
+                       with_masks=masks, keep=keep, start=start, drop_last=False)
 
 
 def test_batches(record: Any, cfg: FinetuneConfig, manifest: dict) -> Iterator[Any]:

@@ -45,6 +45,16 @@ def train_worker(config: dict[str, Any], ctx: Any) -> dict[str, float]:
     return fit_config(config, ctx, FinetuneConfig, build_task)
 
 
+def knn_worker(config: dict[str, Any], ctx: Any) -> dict[str, float]:
+    """``protocol=knn`` on one worker: no training, the k-NN test report (:mod:`radimagenet.tasks.knn`)."""
+    from radimagenet.config import from_dict
+    from radimagenet.dataset.format import load_manifest
+    from radimagenet.tasks.knn import knn_evaluate
+
+    cfg = from_dict(FinetuneConfig, config)
+    return knn_evaluate(build_task(cfg, load_manifest(cfg.data.manifest)), ctx)
+
+
 # ------------------------------------------------------------------------------------ the driver
 
 
@@ -78,7 +88,8 @@ def _resolve_init(cfg: FinetuneConfig, uri: str) -> tuple[FinetuneConfig, dict[s
     """Pin a registry reference to NAME/VERSION; check scratch/imagenet architectures and weights."""
     from radimagenet.models.factory import check_arch, imagenet_weights_file
 
-    tags = {"radimagenet.kind": "finetune", "radimagenet.init": cfg.init, "radimagenet.initialisation": init_name(cfg)}
+    tags = {"radimagenet.kind": "finetune", "radimagenet.init": cfg.init, "radimagenet.initialisation": init_name(cfg),
+            "radimagenet.protocol": cfg.protocol}
     if cfg.init == "backbone":
         mv = tracking.resolve_backbone(uri, cfg.backbone)
         pinned = f"{mv.name}/{mv.version}"
@@ -124,7 +135,8 @@ def finetune(cfg: FinetuneConfig, *, in_process: bool = False) -> FinetuneResult
         cfg = share_weights(cfg)
     version = None
     with tracked_run(cfg, uri, manifest, tags, "finetune") as run:
-        out = launch(train_worker, run.cfg, run.config, in_process=in_process, what="fine-tuning")
+        worker = knn_worker if run.cfg.protocol == "knn" else train_worker
+        out = launch(worker, run.cfg, run.config, in_process=in_process, what="fine-tuning")
         # on Ray, the test report is rank 0's artifact (Ray's result holds the last report's metrics)
         metrics = out if in_process else json.loads(tracking.download_text(uri, run.run_id, REPORT_FILE))
         if run.cfg.registry.register:  # once, here in the driver, after the run finished

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from radimagenet.dataset.format import is_multi_label, manifest_uri
+from radimagenet.dataset.format import is_multi_label, is_unlabeled, manifest_uri
 from radimagenet.errors import ConfigError
 from radimagenet.train.config import (
     CheckpointSection,
@@ -92,11 +92,15 @@ class EvalSection:
     gradcam_max_images: int = 256  # test images used for the localisation score
     overlay_samples: int = 8  # segmentation prediction overlays logged
     log_model: bool = True  # log the fine-tuned weights + record as run artifacts
+    knn_k: int = 20  # protocol=knn: neighbours that vote
 
 
 @dataclass
 class FinetuneConfig:
     task: Literal["classification", "segmentation"] = "classification"
+    # finetune: every layer trains (train.freeze); linear: the linear probe (train.freeze=all, only the head);
+    # knn: no training, the test images classified by their nearest training images (tasks/knn.py)
+    protocol: Literal["finetune", "linear", "knn"] = "finetune"
     backbone: str = ""  # registry reference: NAME@alias, NAME/VERSION or NAME (latest)
     init: Literal["backbone", "scratch", "imagenet"] = "backbone"
     resolved_backbone: str = ""  # filled by the launcher: NAME/VERSION that every worker loads
@@ -154,7 +158,12 @@ def _downstream_problems(cfg: FinetuneConfig, need_data: bool) -> list[str]:
                f"task={cfg.task}, got {cfg.train.monitor!r}"),
               (cfg.train.patience >= 0, f"train.patience must be >= 0 (0: no early stopping), got {cfg.train.patience}"),
               (cfg.task == "classification" or cfg.train.class_weights == "none",
-               "train.class_weights applies to task=classification only")]
+               "train.class_weights applies to task=classification only"),
+              (cfg.task == "classification" or cfg.protocol == "finetune",
+               f"protocol={cfg.protocol} applies to task=classification only"),
+              (cfg.protocol != "linear" or cfg.train.freeze in ("none", "all"),
+               f"protocol=linear trains only the head (train.freeze=all), not train.freeze={cfg.train.freeze}"),
+              (e.knn_k >= 1, f"eval.knn_k must be >= 1, got {e.knn_k}")]
     return problems + [msg for ok, msg in checks if not ok]
 
 
@@ -180,10 +189,23 @@ def resolve(cfg: FinetuneConfig, manifest: dict | None = None) -> FinetuneConfig
     data = dataclasses.replace(cfg.data, manifest=manifest_uri(cfg.data.manifest))
     if data.image_size is None and manifest is not None:
         data = dataclasses.replace(data, image_size=int(manifest["image_size"]))
+    cfg = protocol_settings(cfg)
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", init_name(cfg)).strip("-") or "model"
     run_name = cfg.tracking.run_name or f"finetune-{cfg.task}-{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
     return dataclasses.replace(cfg, data=data, tracking=dataclasses.replace(cfg.tracking, run_name=run_name[:128]),
                                registry=dataclasses.replace(cfg.registry, name=registry_name(cfg)))
+
+
+def protocol_settings(cfg: FinetuneConfig) -> FinetuneConfig:
+    """What ``protocol`` implies: ``linear`` trains only the head (``train.freeze=all``); ``knn`` trains nothing,
+    so it logs and registers no model and draws no Grad-CAM (its "model" is a vote among training images)."""
+    if cfg.protocol == "linear":
+        return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, freeze="all"))
+    if cfg.protocol == "knn":
+        return dataclasses.replace(
+            cfg, eval=dataclasses.replace(cfg.eval, log_model=False, gradcam_samples=0, gradcam_max_images=0),
+            registry=dataclasses.replace(cfg.registry, register=False))
+    return cfg
 
 
 # ------------------------------------------------------------------------------------ task checks
@@ -212,6 +234,9 @@ def positive_index(classes: list[str], wanted: str = "") -> int:
 def check_task(cfg: FinetuneConfig, manifest: dict) -> TaskSpec:
     """Does the dataset fit the task? A ConfigError names the mismatch (pure: reads only the manifest)."""
     classes, where = list(manifest["classes"]), manifest.get("uri") or cfg.data.manifest
+    if is_unlabeled(manifest):
+        raise ConfigError(f"dataset {where} is unlabeled (ingest --unlabeled): fine-tuning needs labels; pretrain "
+                          "a backbone on it (objective=dino or mae) and fine-tune that on a labelled dataset")
     _check_splits(manifest, where, cfg.task)
     if cfg.task == "segmentation":
         if not manifest.get("has_masks"):
@@ -221,6 +246,9 @@ def check_task(cfg: FinetuneConfig, manifest: dict) -> TaskSpec:
     if len(classes) < 2:
         raise ConfigError(f"classification needs at least 2 classes; dataset {where} has {len(classes)}: {classes}")
     if is_multi_label(manifest) or cfg.eval.metrics == "multilabel":
+        if cfg.protocol == "knn":
+            raise ConfigError(f"protocol=knn votes one label per image; dataset {where} is multi-label: use "
+                              "protocol=linear")
         return _check_multilabel(cfg, manifest, where, classes)
     mode = cfg.eval.metrics if cfg.eval.metrics != "auto" else ("binary" if len(classes) == 2 else "multiclass")
     if mode == "binary" and len(classes) != 2:

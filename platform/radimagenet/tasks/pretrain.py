@@ -1,5 +1,6 @@
-"""Supervised pretraining (the RadImageNet recipe): a timm backbone learns the dataset's classes; the
-final checkpoint becomes a registered backbone version.
+"""Pretraining: supervised (the RadImageNet recipe: a timm backbone learns the dataset's classes) or,
+with ``objective=dino|mae``, self-supervised (:mod:`radimagenet.tasks.ssl`, no labels needed); the final
+checkpoint becomes a registered backbone version.
 
     result = pretrain(load_config(PretrainConfig, "pipelines/demo-pretrain.yaml", ["train.epochs=2"]))
 
@@ -17,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from radimagenet.dataset.format import is_multi_label, manifest_uri
+from radimagenet.dataset.format import is_multi_label, is_unlabeled, manifest_uri
 from radimagenet.errors import ConfigError
+from radimagenet.models.ssl_config import OBJECTIVES, SSLSection, ssl_problems
 from radimagenet.train.config import (
     CheckpointSection,
     RegistrySection,
@@ -49,6 +51,7 @@ class ModelSection:
 
 @dataclass
 class PretrainConfig:
+    objective: str = "supervised"  # supervised | dino | mae (self-supervised: radimagenet.models.ssl)
     data: DataSection = field(default_factory=DataSection)
     model: ModelSection = field(default_factory=ModelSection)
     train: TrainSection = field(default_factory=TrainSection)
@@ -56,12 +59,15 @@ class PretrainConfig:
     tracking: TrackingSection = field(default_factory=lambda: TrackingSection(experiment="radimagenet-pretrain"))
     registry: RegistrySection = field(default_factory=RegistrySection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    ssl: SSLSection = field(default_factory=SSLSection)
 
 
 def validate(cfg: PretrainConfig, *, need_data: bool = True) -> PretrainConfig:
     """Check values that types alone cannot; returns ``cfg`` unchanged or raises one ConfigError
     (``need_data=False``: a config without ``data.manifest`` yet, e.g. for ``--print-config``)."""
-    problems = train_problems(cfg)
+    problems = train_problems(cfg) + ssl_problems(cfg.ssl)
+    if cfg.objective not in OBJECTIVES:
+        problems.append(f"objective must be one of {', '.join(OBJECTIVES)}, got {cfg.objective!r}")
     if need_data and not cfg.data.manifest:
         problems.append("data.manifest is required (s3://BUCKET/PREFIX/manifest.json)")
     if cfg.data.image_size is not None and cfg.data.image_size < 8:
@@ -116,9 +122,10 @@ class PretrainTask:
         cfg, manifest = self.cfg, self.manifest
         record = make_record(cfg.model.arch, manifest, in_chans=cfg.model.in_chans, image_size=cfg.data.image_size,
                              mean=cfg.data.mean, std=cfg.data.std)
-        return create_model(cfg.model.arch, len(manifest["classes"]), cfg.model.in_chans, cfg.model.drop_rate), record
+        return create_model(cfg.model.arch, len(manifest["classes"]), cfg.model.in_chans, cfg.model.drop_rate,
+                            img_size=record.input_size[1]), record
 
-    def loader(self, split: str, ctx: Any, *, epoch: int = 0, train: bool = False) -> Any:
+    def loader(self, split: str, ctx: Any, *, epoch: int = 0, train: bool = False, start: int = 0) -> Any:
         from radimagenet.data.loader import make_loader
 
         cfg = self.cfg
@@ -126,7 +133,7 @@ class PretrainTask:
                            world_size=ctx.world_size, epoch=epoch, seed=cfg.train.seed, train=train,
                            num_workers=cfg.data.num_workers, image_size=cfg.data.image_size,
                            channels=cfg.model.in_chans, mean=cfg.data.mean, std=cfg.data.std,
-                           shuffle_buffer=cfg.data.shuffle_buffer, with_meta=not train)
+                           shuffle_buffer=cfg.data.shuffle_buffer, with_meta=not train, start=start, drop_last=False)
 
     def data_metrics(self) -> dict[str, float]:
         return {}
@@ -161,9 +168,14 @@ class PretrainTask:
 
 def train_worker(config: dict[str, Any], ctx: Any) -> dict[str, float]:
     """Pretrain on one worker (rank ``ctx.rank``): the function every Ray Train worker runs."""
+    from radimagenet.tasks.ssl import SSLTask
     from radimagenet.train.engine import fit_config
 
-    return fit_config(config, ctx, PretrainConfig, PretrainTask)
+    def make_task(cfg: PretrainConfig, manifest: dict) -> Any:
+        task = PretrainTask(cfg, manifest)
+        return task if cfg.objective == "supervised" else SSLTask(cfg, manifest, task)
+
+    return fit_config(config, ctx, PretrainConfig, make_task)
 
 
 # ------------------------------------------------------------------------------------ the driver
@@ -182,7 +194,10 @@ def preflight(cfg: PretrainConfig) -> tuple[PretrainConfig, dict, str]:
     from radimagenet.train.launch import prepare_data
 
     cfg, manifest = prepare_data(cfg, resolve)
-    if is_multi_label(manifest):
+    if cfg.objective == "supervised" and is_unlabeled(manifest):
+        raise ConfigError(f"dataset {cfg.data.manifest} has no labels: supervised pretraining needs classes; "
+                          "pretrain it self-supervised (objective=dino or objective=mae)")
+    if cfg.objective == "supervised" and is_multi_label(manifest):
         raise ConfigError(f"dataset {cfg.data.manifest} is multi-label (several labels per image): supervised "
                           "pretraining trains one softmax over the classes; fine-tune on it instead "
                           "(`radimagenet finetune`)")
@@ -200,7 +215,7 @@ def pretrain(cfg: PretrainConfig, *, in_process: bool = False) -> PretrainResult
     from radimagenet.train.launch import launch, tracked_run
 
     cfg, manifest, uri = preflight(cfg)
-    tags = {"radimagenet.kind": "pretrain", "radimagenet.arch": cfg.model.arch}
+    tags = {"radimagenet.kind": "pretrain", "radimagenet.arch": cfg.model.arch, "radimagenet.objective": cfg.objective}
     with tracked_run(cfg, uri, manifest, tags, "pretrain") as run:
         cfg = run.cfg
         out = launch(train_worker, cfg, run.config, in_process=in_process, what="pretraining")

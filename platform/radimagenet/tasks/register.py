@@ -21,7 +21,7 @@ from radimagenet.models import registry
 from radimagenet.models.bundle import read_record
 from radimagenet.models.card import CARD_FILE, model_card
 from radimagenet.models.record import BackboneRecord
-from radimagenet.models.weights import MODEL_FILE
+from radimagenet.models.weights import MODEL_FILE, load_state, save_state
 from radimagenet.tasks.leakage import OVERLAP_TAG
 from radimagenet.train import checkpoint
 from radimagenet.train.launch import TrainingError
@@ -50,7 +50,12 @@ def register_backbone(cfg: Any, uri: str, run_id: str, ckpt: tuple[Any, str] | N
                          "epochs": state["epoch"] + 1, "checkpoint": f"{path}"}
         out = os.path.join(tmp, "backbone")
         os.makedirs(out)
-        shutil.copy(os.path.join(local, MODEL_FILE), os.path.join(out, MODEL_FILE))
+        if record.objective == "supervised":
+            shutil.copy(os.path.join(local, MODEL_FILE), os.path.join(out, MODEL_FILE))
+        else:  # a self-supervised network: register its backbone (the DINO teacher, the masked-image encoder)
+            from radimagenet.models.ssl import backbone_state
+
+            save_state(os.path.join(out, MODEL_FILE), backbone_state(load_state(os.path.join(local, MODEL_FILE))))
         with open(os.path.join(out, tracking.RECORD_FILE), "w") as f:
             f.write(record.to_json())
         with open(os.path.join(out, "config.yaml"), "w") as f:
@@ -68,7 +73,7 @@ def register_backbone(cfg: Any, uri: str, run_id: str, ckpt: tuple[Any, str] | N
 def _tags(record: BackboneRecord, cfg: Any, state: dict, final: dict[str, float]) -> dict[str, str]:
     """What `registry list` shows without downloading anything."""
     return {
-        "arch": record.arch, "in_chans": str(record.in_chans), "input_size": "x".join(map(str, record.input_size)),
+        "arch": record.arch, "objective": record.objective, "in_chans": str(record.in_chans), "input_size": "x".join(map(str, record.input_size)),
         "mean": json.dumps(list(record.mean)), "std": json.dumps(list(record.std)),
         "interpolation": record.interpolation, "num_classes": str(record.num_classes),
         "dataset_digest": record.dataset_digest, "dataset_uri": cfg.data.manifest, "run_name": cfg.tracking.run_name,

@@ -4,11 +4,14 @@
     <dir>/best.safetensors    the weights of the best epoch so far (tasks that select one)
     <dir>/train_state.pt      optimizer + scheduler state (tensors and plain containers only;
                               read back with ``torch.load(weights_only=True)``)
-    <dir>/state.json          written last: epoch (completed), step, resolved config, dataset digest,
-                              MLflow run id, model record, the epoch's metrics, the best epoch
+    <dir>/state.json          written last: epoch, step, resolved config, dataset digest, MLflow run id,
+                              model record, metrics, the best epoch; a mid-epoch checkpoint also the
+                              epoch's progress (loader position, samples, key digest: train/resume.py)
 
-A checkpoint goes to ``storage_path/run_name/checkpoint_epoch-NNNNNN``: through Ray Train's report on
-a cluster, through :func:`fs_reporter` in-process. A directory without ``state.json`` is incomplete
+A checkpoint goes to ``storage_path/run_name/checkpoint_epoch-NNNNNN`` (after epoch NNNNNN, 0-based) or,
+inside an epoch (``checkpoint.every_steps``), ``checkpoint_epoch-NNNNNN-step-SSSSSSSSS`` (epoch NNNNNN in
+progress, after optimizer step SSSSSSSSS; it sorts before that epoch's end): through Ray Train's report
+on a cluster, through :func:`fs_reporter` in-process. A directory without ``state.json`` is incomplete
 and ignored.
 """
 
@@ -34,6 +37,18 @@ PREFIX = "checkpoint_epoch-"
 def name(epoch: int) -> str:
     """The directory name of the checkpoint written after ``epoch`` (0-based)."""
     return f"{PREFIX}{epoch:06d}"
+
+
+def mid_name(epoch: int, step: int) -> str:
+    """The directory name of a checkpoint written inside ``epoch`` (0-based), after optimizer step ``step``."""
+    return f"{PREFIX}{epoch:06d}-step-{step:09d}"
+
+
+def order_key(base_name: str) -> tuple[int, int, int]:
+    """Sort key of checkpoint directory names, oldest first: a mid-epoch checkpoint comes after the end of
+    the previous epoch and before the end of its own."""
+    epoch, _, step = base_name[len(PREFIX):].partition("-step-")
+    return (int(epoch), 0, int(step)) if step else (int(epoch), 1, 0)
 
 
 def save(directory: str, *, model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any],
@@ -91,7 +106,8 @@ def list_checkpoints(fs: Any, root: str) -> list[str]:
     import pyarrow.fs as pafs
 
     infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    names = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith(PREFIX))
+    names = sorted((i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith(PREFIX)),
+                   key=order_key)
     return [f"{root}/{n}" for n in names if fs.get_file_info(f"{root}/{n}/{STATE_FILE}").is_file]
 
 

@@ -33,6 +33,7 @@ class TrainSection:
     accum_steps: int = 1  # gradient accumulation: batches per optimizer step
     seed: int = 0
     compile: bool = False  # torch.compile the model
+    deterministic: bool = False  # deterministic kernels (torch.use_deterministic_algorithms; on GPU ops without one warn)
     log_every: int = 20  # optimizer steps between loss/throughput logs
 
 
@@ -67,6 +68,7 @@ class RegistrySection:
 class CheckpointSection:
     storage_path: str = "s3://radimagenet/checkpoints"  # or a local directory
     num_to_keep: int = 2
+    every_steps: int = 0  # also checkpoint every this many optimizer steps inside an epoch (0: at epoch ends only)
 
 
 @dataclass
@@ -98,6 +100,8 @@ def train_problems(cfg: Any) -> list[str]:
         (cfg.data.num_workers >= 0, f"data.num_workers must be >= 0, got {cfg.data.num_workers}"),
         (cfg.scaling.num_workers >= 1, f"scaling.num_workers must be >= 1, got {cfg.scaling.num_workers}"),
         (cfg.checkpoint.num_to_keep >= 1, f"checkpoint.num_to_keep must be >= 1, got {cfg.checkpoint.num_to_keep}"),
+        (cfg.checkpoint.every_steps >= 0,
+         f"checkpoint.every_steps must be >= 0 (0: at epoch ends only), got {cfg.checkpoint.every_steps}"),
         (not cfg.tracking.run_name or RUN_NAME.fullmatch(cfg.tracking.run_name),
          f"tracking.run_name {cfg.tracking.run_name!r} may hold only letters, digits, '.', '_', '-'"),
         (cfg.tracking.system_metrics_interval >= 0,

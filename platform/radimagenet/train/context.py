@@ -19,6 +19,12 @@ from radimagenet.io.storage import arrow_filesystem
 from radimagenet.train import checkpoint
 
 
+def _dist() -> Any:
+    import torch.distributed
+
+    return torch.distributed
+
+
 def _cpu() -> Any:
     import torch
 
@@ -85,3 +91,28 @@ def ray_context() -> Context:
     return Context(rank=rctx.get_world_rank(), world_size=rctx.get_world_size(),
                    device=ray.train.torch.get_device(), prepare_model=ray.train.torch.prepare_model,
                    report=report, latest_checkpoint=latest)
+
+
+def gather(local: Any, ctx: Context) -> list[Any]:
+    """Every rank's ``local`` object, in rank order (``[local]`` on one rank)."""
+    if ctx.world_size == 1 or not _dist().is_initialized():
+        return [local]
+    parts: list[Any] = [None] * ctx.world_size
+    _dist().all_gather_object(parts, local)
+    return parts
+
+
+def reduce_sum(values: Any, ctx: Context) -> Any:
+    """``values`` (a tensor) summed over every rank."""
+    if ctx.world_size > 1 and _dist().is_initialized():
+        values = values.clone()
+        _dist().all_reduce(values)
+    return values
+
+
+def broadcast_buffers(model: Any, ctx: Context) -> None:
+    """Every rank takes rank 0's buffers (batch-norm statistics, a DINO centre): after an epoch each rank's
+    last forward left its own, and evaluation and the checkpoint must see one model."""
+    if ctx.world_size > 1 and _dist().is_initialized():
+        for buffer in model.buffers():
+            _dist().broadcast(buffer, 0)

@@ -6,7 +6,8 @@ A :class:`Task` says what differs between tasks (model, loss, per-sample evaluat
 the artifacts after training); the engine does the rest once: device placement (channels_last and
 bf16 autocast on GPU), DDP wrapping, ``torch.compile``, the optimizer (no weight decay on biases and
 norms), a per-step schedule (linear warmup, then cosine or constant), gradient accumulation, the
-checkpoint every epoch and the resume from the latest one, keeping the best epoch's weights when the
+checkpoint every epoch (and every ``checkpoint.every_steps`` inside one) and the resume from the latest
+one with the very next sample (:mod:`radimagenet.train.resume`), keeping the best epoch's weights when the
 task selects one, metric reduction across ranks, and logging. It reads top to bottom; checkpointing,
 logging and evaluation are calls. This module holds the package's only ``.backward()``.
 """
@@ -16,9 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
 import signal
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -28,11 +27,25 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 
+from radimagenet.data.order import rng_seed
 from radimagenet.errors import ConfigError
 from radimagenet.eval.metrics import summarize
 from radimagenet.io import tracking
 from radimagenet.train import checkpoint
 from radimagenet.train.config import TrainSection
+from radimagenet.train.context import broadcast_buffers, gather, reduce_sum
+from radimagenet.train.optim import build_optimizer, build_scheduler, optimizer_steps
+from radimagenet.train.resume import (
+    DIGEST_MOD,
+    Best,
+    EpochProgress,
+    combined,
+    digest_text,
+    key_digest,
+    rescale_schedule,
+    restore,
+    save,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -40,7 +53,7 @@ if TYPE_CHECKING:
     from radimagenet.data.loader import Batch, Loader
     from radimagenet.train.context import Context
 
-Logger = Callable[[dict[str, float], int], None]
+Logger = Callable[..., None]  # log(metrics, step, tags=None)
 
 
 class Task(Protocol):
@@ -53,8 +66,9 @@ class Task(Protocol):
     def build_model(self) -> tuple[nn.Module, Any]:
         """``(model, record)``: the model with its head (and frozen layers), and its preprocessing record."""
 
-    def loader(self, split: str, ctx: Context, *, epoch: int = 0, train: bool = False) -> Loader:
-        """The batches ``ctx.rank`` reads from ``split`` (train: this epoch's shuffled share)."""
+    def loader(self, split: str, ctx: Context, *, epoch: int = 0, train: bool = False, start: int = 0) -> Loader:
+        """The batches ``ctx.rank`` reads from ``split`` (train: this epoch's shuffled share from global
+        position ``start``, every sample once: the last batch may be short or empty)."""
 
     def data_metrics(self) -> dict[str, float]:
         """What the run trains on, logged once at the start (e.g. ``train/n_images``, ``train/n_patients``)."""
@@ -70,6 +84,8 @@ class Task(Protocol):
 
     def metrics(self, split: str, out: Outputs) -> dict[str, float]:
         """A split's metrics from its gathered per-sample outputs."""
+
+    # optional: ``after_step()``, called after every optimizer step (a self-supervised teacher's EMA update)
 
     def finish(self, model: nn.Module, record: Any, ctx: Context, selected: dict[str, float]) -> dict[str, float]:
         """After the last epoch (best weights loaded): the test report and artifacts, which include
@@ -87,60 +103,76 @@ class Outputs:
         return len(self.keys)
 
 
-@dataclass
-class Best:
-    """The epoch where the task's selection metric was best, and its weights (CPU copies)."""
-
-    epoch: int = -1  # -1: none yet (the metric was never finite)
-    value: float = math.nan
-    state: dict[str, Any] | None = None
-
-
 # ---------------------------------------------------------------------------------- the loop
 
 
 def fit(task: Task, cfg: Any, config: dict[str, Any], manifest: dict, ctx: Context) -> dict[str, float]:
-    """Train ``task`` for ``cfg.train.epochs`` (resuming from the latest checkpoint); returns the
-    task's final metrics, or the last epoch's when the task reports none."""
+    """Train ``task`` for ``cfg.train.epochs`` (resuming from the latest checkpoint, also one written inside
+    an epoch); returns the task's final metrics, or the last epoch's when the task reports none."""
     torch.manual_seed(cfg.train.seed)
+    if getattr(cfg.train, "deterministic", False):  # process-wide, as torch has it
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS refuses determinism without it
+        torch.use_deterministic_algorithms(True, warn_only=ctx.gpu)  # GPU: ops with no such kernel warn
+        torch.backends.cudnn.benchmark = False
     model, record = task.build_model()
     model = model.to(ctx.device, memory_format=torch.channels_last if ctx.gpu else torch.contiguous_format)
     optimizer = build_optimizer(model, cfg.train)
-    scheduler = build_scheduler(optimizer, cfg.train, optimizer_steps(len(task.loader("train", ctx, train=True)),
-                                                                      cfg.train.accum_steps))
+    steps_per_epoch = optimizer_steps(len(task.loader("train", ctx, train=True)), cfg.train.accum_steps)
+    scheduler = build_scheduler(optimizer, cfg.train, steps_per_epoch)
     digest = str(manifest.get("digest", ""))
-    start_epoch, step, best = restore(ctx, model, optimizer, scheduler, digest)
+    resume = restore(ctx, model, optimizer, scheduler, digest)
+    samples_per_step = ctx.world_size * cfg.train.batch_size * cfg.train.accum_steps
+    if resume.samples_per_step and resume.samples_per_step != samples_per_step:  # another number of workers
+        rescale_schedule(scheduler, optimizer, resume, steps_per_epoch, samples_per_step)
+    step, best = resume.step, resume.best
     log = metric_logger(cfg.tracking, ctx)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    resumed = {"train/resumed_from_epoch": resume.start_epoch} if resume.found else {}
+    if resume.progress:
+        resumed["train/resumed_at_sample"] = resume.progress.position
     log({"model/trainable_params": trainable, "model/total_params": sum(p.numel() for p in model.parameters()),
-         **task.data_metrics(), **({"train/resumed_from_epoch": start_epoch} if start_epoch else {})}, step)
+         **task.data_metrics(), **resumed}, step)
+
+    def state(epoch: int, step: int, metrics: dict[str, float], progress: EpochProgress, mid: bool) -> dict[str, Any]:
+        return {"epoch": epoch, "step": step, "config": config, "dataset_digest": digest,
+                "mlflow_run_id": cfg.tracking.run_id, "record": record.to_dict(),
+                "metrics": {k: float(v) for k, v in metrics.items()},
+                "best": {"epoch": best.epoch, "value": best.value} if best.epoch >= 0 else None,
+                "samples_per_step": samples_per_step, "world_size": ctx.world_size,
+                "mid_epoch": mid, "progress": progress.to_dict()}
+
+    def mid_epoch(step: int, progress: EpochProgress) -> None:
+        metrics = {"epoch": progress.epoch, "step": step, "position": progress.position}
+        save(ctx, model, optimizer, scheduler, best, state(progress.epoch, step, metrics, progress, True),
+             checkpoint.mid_name(progress.epoch, step))
 
     train_model = ctx.prepare_model(model)
     if cfg.train.compile:
         train_model = torch.compile(train_model)
+    every = int(getattr(getattr(cfg, "checkpoint", None), "every_steps", 0) or 0)
     metrics: dict[str, float] = {}
     stopped: dict[str, float] = {}
-    for epoch in range(start_epoch, cfg.train.epochs):
+    for epoch in range(resume.start_epoch, cfg.train.epochs):
         if task.patience and epoch - 1 - best.epoch >= task.patience:  # also when a stopped run is resumed
             stopped = {"early_stop_epoch": epoch}
             if ctx.is_main:
                 print(f"[radimagenet] {task.name}: no better {task.select_metric} for {task.patience} epoch(s) "
                       f"after epoch {best.epoch + 1}; stopping after epoch {epoch}", flush=True)
             break
-        loader = task.loader("train", ctx, epoch=epoch, train=True)
-        step, train_metrics = train_one_epoch(train_model, task, loader, optimizer, scheduler, ctx, cfg.train,
-                                              epoch, step, log)
+        progress = resume.progress if resume.progress and resume.progress.epoch == epoch else EpochProgress(epoch)
+        loader = task.loader("train", ctx, epoch=epoch, train=True, start=progress.position)
+        step, train_metrics, progress = train_one_epoch(
+            train_model, task, loader, optimizer, scheduler, ctx, cfg.train, epoch, step, log,
+            progress=progress, every_steps=every, on_checkpoint=mid_epoch)
+        broadcast_buffers(model, ctx)
         _, val_metrics = evaluate(model, task, "val", ctx)
         best = select(best, task.select_metric, val_metrics, epoch, model)
         metrics = {"epoch": epoch + 1, "step": step, **train_metrics, **val_metrics, **best_metrics(best, task)}
-        log(metrics, step)
+        log(metrics, step, {f"data.epoch_{epoch + 1}_digest": digest_text(progress.digest)})
         if ctx.is_main:
             print(f"[radimagenet] {task.name} epoch {epoch + 1}/{cfg.train.epochs} {summarize(metrics)}", flush=True)
-        save(ctx, model, optimizer, scheduler, best, {
-            "epoch": epoch, "step": step, "config": config, "dataset_digest": digest,
-            "mlflow_run_id": cfg.tracking.run_id, "record": record.to_dict(),
-            "metrics": {k: float(v) for k, v in metrics.items()},
-            "best": {"epoch": best.epoch, "value": best.value} if best.epoch >= 0 else None})
+        save(ctx, model, optimizer, scheduler, best, state(epoch, step, metrics, progress, False),
+             checkpoint.name(epoch))
 
     if best.state is not None:
         model.load_state_dict(best.state)
@@ -154,33 +186,64 @@ def fit(task: Task, cfg: Any, config: dict[str, Any], manifest: dict, ctx: Conte
 
 def train_one_epoch(model: nn.Module, task: Task, loader: Iterable[Batch], optimizer: torch.optim.Optimizer,
                     scheduler: Any, ctx: Context, train: TrainSection, epoch: int, step: int,
-                    log: Logger) -> tuple[int, dict[str, float]]:
-    """One pass over ``loader``; returns the new optimizer step and the epoch's train metrics
-    (loss and throughput reduced over every rank)."""
+                    log: Logger, *, progress: EpochProgress | None = None, every_steps: int = 0,
+                    on_checkpoint: Callable[[int, EpochProgress], None] | None = None,
+                    ) -> tuple[int, dict[str, float], EpochProgress]:
+    """One pass over ``loader`` (from ``progress.position`` of the epoch, the accounting so far in
+    ``progress``); returns the new optimizer step, the epoch's train metrics (loss, throughput and
+    ``data/epoch_samples``, over every rank) and its :class:`EpochProgress`.
+
+    Every ``every_steps`` optimizer steps (not at the epoch's end) ``on_checkpoint(step, progress)`` runs on
+    every rank. A short last batch counts in the gradient by its samples: the rank's mean loss is scaled by
+    its share of the step's samples (over its accumulated batches), so an epoch's every sample weighs the
+    same; a rank with no sample left (or one) runs a padded batch whose padding adds nothing. Random draws
+    on the device (dropout, self-supervised views) are seeded per batch from ``(seed, epoch, position,
+    rank)``, so a run resumed on the same number of workers draws what an uninterrupted one would.
+    """
     task.train_mode(model)
     fmt = torch.channels_last if ctx.gpu else torch.contiguous_format
     batches = len(loader)  # type: ignore[arg-type]
+    progress = progress or EpochProgress(epoch)
+    mine = progress if ctx.is_main else EpochProgress(epoch)  # rank 0 carries what the checkpoint recorded
+    position = positions(loader, ctx.world_size, progress.position)
+    after_step = getattr(task, "after_step", None)  # e.g. a DINO teacher's EMA update
     loss_sum, seen = torch.zeros((), device=ctx.device), 0
     window_images, window_start, epoch_start = 0, time.perf_counter(), time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     step_loss = torch.zeros((), device=ctx.device)  # the mean loss of the batches of one optimizer step
     for i, batch in enumerate(loader):
+        begin, end = position(i), position(i + 1)
+        torch.manual_seed(rng_seed(train.seed, epoch, begin, ctx.rank))
+        n = len(batch)
         images = batch.images.to(ctx.device, non_blocking=True, memory_format=fmt)
-        group = min(train.accum_steps, batches - i // train.accum_steps * train.accum_steps)  # batches in this step
+        if n < 2:  # nothing (or one image: batch norm needs two) left for this rank in the epoch's last step
+            images = pad(images, 2)
+        first = i // train.accum_steps * train.accum_steps  # the step's first batch
+        group = min(train.accum_steps, batches - first)  # batches in this step
+        step_samples = position(first + group) - position(first)  # the step's samples, all ranks
+        full = step_samples == group * len(images) * ctx.world_size and n == len(images)
         last_micro = (i + 1) % train.accum_steps == 0 or i + 1 == batches
         sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with autocast(ctx):
-                loss = task.loss(model(images), batch)
-            (loss / group if group > 1 else loss).backward()
-        loss_sum += loss.detach()
-        step_loss += loss.detach() / group
-        window_images += len(batch)
-        seen += len(batch)
+                out = model(images)
+                loss = task.loss(out if len(out) == n else out[:n], batch) if n else out.float().sum() * 0.0
+            share = 1 / group if full else n * ctx.world_size / max(step_samples, 1)  # this batch's weight
+            (loss if share == 1 else loss / group if full else loss * share).backward()
+        if n:
+            loss_sum += loss.detach()
+            mine.batches += 1
+        step_loss += loss.detach() * share
+        mine.samples += n
+        mine.digest = (mine.digest + key_digest(batch.keys)) % DIGEST_MOD
+        window_images += n
+        seen += n
         if last_micro:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
+            if after_step is not None:
+                after_step()
             step += 1
             if step % train.log_every == 0:
                 elapsed = time.perf_counter() - window_start
@@ -188,12 +251,30 @@ def train_one_epoch(model: nn.Module, task: Task, loader: Iterable[Batch], optim
                      "train/images_per_s": window_images * ctx.world_size / max(elapsed, 1e-9)}, step)
                 window_images, window_start = 0, time.perf_counter()
             step_loss = torch.zeros((), device=ctx.device)
+            if every_steps and on_checkpoint and step % every_steps == 0 and i + 1 < batches:
+                on_checkpoint(step, combined(mine, loss_sum, ctx, end))
         maybe_inject_fault(ctx.rank, epoch, i)
-    totals = reduce_sum(torch.stack([loss_sum.float(), torch.tensor(float(batches), device=ctx.device),
-                                     torch.tensor(float(seen), device=ctx.device)]), ctx)
+    total = combined(mine, loss_sum, ctx, position(batches))
     elapsed = time.perf_counter() - epoch_start
-    return step, {"train/epoch_loss": float(totals[0] / max(float(totals[1]), 1.0)),
-                  "train/epoch_images_per_s": float(totals[2]) / max(elapsed, 1e-9)}
+    rate = float(reduce_sum(torch.tensor(float(seen), device=ctx.device), ctx)) / max(elapsed, 1e-9)
+    return step, {"train/epoch_loss": total.loss_sum / max(total.batches, 1), "train/epoch_images_per_s": rate,
+                  "data/epoch_samples": float(total.samples)}, total
+
+
+def positions(loader: Any, world_size: int, start: int) -> Callable[[int], int]:
+    """``position(i)``: the epoch's global position after ``i`` batches of ``loader`` (a plain list of
+    batches, as in tests and benchmarks: ``world_size`` equal batches per step from ``start``)."""
+    if hasattr(loader, "position"):
+        return loader.position
+    sizes = np.concatenate([[0], np.cumsum([len(b) for b in loader])]) * world_size + start
+    return lambda i: int(sizes[i])
+
+
+def pad(images: torch.Tensor, n: int) -> torch.Tensor:
+    """``images`` made ``n`` long by repeating them (zeros when there are none): padding for a short batch."""
+    if len(images) == 0:
+        return images.new_zeros((n, *images.shape[1:]))
+    return images[torch.arange(n, device=images.device) % len(images)]
 
 
 @torch.no_grad()
@@ -246,47 +327,6 @@ def autocast(ctx: Context) -> Any:
     return torch.autocast("cuda", dtype=torch.bfloat16) if ctx.gpu else contextlib.nullcontext()
 
 
-def build_optimizer(model: nn.Module, train: TrainSection) -> torch.optim.Optimizer:
-    """SGD (momentum, optionally Nesterov), Adam or AdamW over the trainable parameters; biases and
-    normalisation parameters get no weight decay (their own group) unless ``train.decay_norm_bias``."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if train.decay_norm_bias:
-        groups = [{"params": params, "weight_decay": train.weight_decay}]
-    else:
-        groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": train.weight_decay},
-                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
-    if train.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=train.lr)
-    if train.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=train.lr)
-    return torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum,
-                           nesterov=train.nesterov and train.momentum > 0)
-
-
-def optimizer_steps(batches: int, accum_steps: int) -> int:
-    """Optimizer steps in an epoch of ``batches`` batches (the last partial accumulation counts)."""
-    return math.ceil(batches / max(accum_steps, 1))
-
-
-def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.0,
-              schedule: str = "cosine") -> float:
-    """Linear warmup to 1, then cosine decay to ``min_ratio`` at ``total_steps`` (or constant 1)."""
-    if warmup_steps and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainSection, steps_per_epoch: int) -> Any:
-    """The per-step learning-rate schedule of :func:`lr_factor`."""
-    warmup = round(train.warmup_epochs * steps_per_epoch)
-    total = train.epochs * steps_per_epoch
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, warmup, total, train.min_lr_ratio, train.schedule))
-
-
 def lower_is_better(metric: str) -> bool:
     """Losses and calibration errors improve downwards; AUC, accuracy, Dice upwards."""
     return metric.rsplit("/", 1)[-1].endswith(("loss", "ece"))
@@ -317,67 +357,16 @@ def best_metrics(best: Best, task: Task) -> dict[str, float]:
     return {"best_epoch": best.epoch + 1, f"{split}/best_{name}": best.value}
 
 
-def restore(ctx: Context, model: nn.Module, optimizer: Any, scheduler: Any, digest: str) -> tuple[int, int, Best]:
-    """``(start_epoch, step, best)`` from the latest checkpoint, or a fresh start."""
-    with ctx.latest_checkpoint() as directory:
-        if directory is None:
-            return 0, 0, Best()
-        state, best_state = checkpoint.load(directory, model=model, optimizer=optimizer, scheduler=scheduler,
-                                            dataset_digest=digest)
-    info = state.get("best")
-    if info is None and "best_epoch" in state.get("metrics", {}):  # checkpoints written before the engine
-        info = {"epoch": int(state["metrics"]["best_epoch"]) - 1, "value": state["metrics"].get("val/best_loss")}
-    info = info or {}
-    value = info.get("value")
-    best = Best(int(info.get("epoch", -1)), math.nan if value is None else float(value), best_state)
-    if ctx.is_main:
-        print(f"[radimagenet] resumed after epoch {state['epoch'] + 1} (step {state['step']})", flush=True)
-    return state["epoch"] + 1, state["step"], best
-
-
-def save(ctx: Context, model: nn.Module, optimizer: Any, scheduler: Any, best: Best, state: dict[str, Any]) -> None:
-    """Rank 0 writes the checkpoint of ``state["epoch"]``; every rank reports (Ray Train's report is a
-    barrier)."""
-    name = checkpoint.name(state["epoch"])
-    if not ctx.is_main:
-        ctx.report(state["metrics"], None, name)
-        return
-    tmp = tempfile.mkdtemp(prefix="radimagenet-ckpt-")
-    try:
-        checkpoint.save(tmp, model=model, optimizer=optimizer, scheduler=scheduler, state=state,
-                        best_weights=best.state)
-        ctx.report(state["metrics"], tmp, name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def gather(local: Any, ctx: Context) -> list[Any]:
-    """Every rank's ``local`` object, in rank order (``[local]`` on one rank)."""
-    if ctx.world_size == 1 or not torch.distributed.is_initialized():
-        return [local]
-    parts: list[Any] = [None] * ctx.world_size
-    torch.distributed.all_gather_object(parts, local)
-    return parts
-
-
-def reduce_sum(values: torch.Tensor, ctx: Context) -> torch.Tensor:
-    """``values`` summed over every rank."""
-    if ctx.world_size > 1 and torch.distributed.is_initialized():
-        values = values.clone()
-        torch.distributed.all_reduce(values)
-    return values
-
-
 def metric_logger(tracking_cfg: Any, ctx: Context) -> Logger:
     """Rank 0 logs to the MLflow run made by the driver; other ranks (and runs without MLflow) do not.
     An MLflow outage mid-run costs metrics, never the training run."""
     if not ctx.is_main or not tracking_cfg.run_id:
-        return lambda metrics, step: None
+        return lambda metrics, step, tags=None: None
     uri = tracking.tracking_uri(tracking_cfg.uri)
 
-    def log(metrics: dict[str, float], step: int) -> None:
+    def log(metrics: dict[str, float], step: int, tags: dict[str, str] | None = None) -> None:
         try:
-            tracking.log_metrics(uri, tracking_cfg.run_id, metrics, step)
+            tracking.log_metrics(uri, tracking_cfg.run_id, metrics, step, tags)
         except Exception as exc:  # noqa: BLE001 - keep training; say so
             warnings.warn(f"MLflow logging failed at step {step}: {exc}", stacklevel=2)
 
@@ -385,13 +374,17 @@ def metric_logger(tracking_cfg: Any, ctx: Context) -> Logger:
 
 
 def maybe_inject_fault(rank: int, epoch: int, batch: int) -> None:
-    """Test hook: ``RADIMAGENET_FAULT_KILL=rank:epoch:batch`` SIGKILLs that worker once (the marker
-    file ``RADIMAGENET_FAULT_MARKER`` records that it happened, so the replacement worker runs on)."""
+    """Test hook: ``RADIMAGENET_FAULT_KILL=rank:epoch:batch`` SIGKILLs that worker once (``...:batch:pause``:
+    it stops there instead, for the test to kill the driver); the marker file ``RADIMAGENET_FAULT_MARKER``
+    records that it happened, so the replacement worker runs on."""
     spec = os.environ.get("RADIMAGENET_FAULT_KILL")
     marker = os.environ.get("RADIMAGENET_FAULT_MARKER")
     if not spec or not marker or os.path.exists(marker):
         return
-    if tuple(int(x) for x in spec.split(":")) == (rank, epoch, batch):
+    parts = spec.split(":")
+    if tuple(int(x) for x in parts[:3]) == (rank, epoch, batch):
         with open(marker, "w") as f:
-            f.write(f"killed rank {rank} epoch {epoch} batch {batch} pid {os.getpid()}\n")
+            f.write(f"stopped rank {rank} epoch {epoch} batch {batch} pid {os.getpid()}\n")
+        if parts[3:] == ["pause"]:
+            time.sleep(3600)
         os.kill(os.getpid(), signal.SIGKILL)

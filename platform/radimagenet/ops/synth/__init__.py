@@ -2,12 +2,14 @@
 
     info = synthesize(Path("corpus"), images=500, seed=0)            # pretrain: 11 classes
     info = synthesize(Path("corpus"), images=200, task="downstream") # lesion yes/no + masks
+    info = synthesize(Path("corpus"), images=60, unlabeled=True)     # no labels.csv: ingest corpus/images --unlabeled
 
 Layout of ``out``::
 
     images/00000.dcm ...     valid DICOM Part 10 (no PHI in any path)
     masks/00000.png ...      downstream only: 0/255 lesion mask in the image's own pixel grid
-    labels.csv               path,label,patient_id[,mask]   (paths relative to ``out``)
+    labels.csv               path,label,patient_id[,mask]   (paths relative to ``out``; not written
+                             with ``unlabeled``: the images' classes stay only in synth.json)
     synth.json               task, seed, images, classes, patients, phi (every planted PHI
                              string), planted (duplicates/blank/truncated paths), transfer_syntaxes
 
@@ -68,10 +70,15 @@ _MIN_PLANTED = 8  # corpus size needed to hold the planted quality problems
 # ------------------------------------------------------------------------------------ public API
 
 
-def synthesize(out: Path, images: int, seed: int = 0, task: str = "pretrain", clean: bool = False) -> dict:
-    """Write ``images`` DICOM files, labels.csv and synth.json under ``out``; return synth.json."""
+def synthesize(out: Path, images: int, seed: int = 0, task: str = "pretrain", clean: bool = False,
+               unlabeled: bool = False) -> dict:
+    """Write ``images`` DICOM files, labels.csv (none when ``unlabeled``) and synth.json under ``out``;
+    return synth.json. The patients are in the files (PatientID), so ``out/images`` ingests with
+    ``--unlabeled`` split by patient."""
     out = Path(out)
     _check_args(images, seed, task, clean)
+    if unlabeled and task != "pretrain":
+        raise ValueError("unlabeled corpora are pretraining corpora: use task='pretrain' (--task pretrain)")
     (out / "images").mkdir(parents=True, exist_ok=True)
     if task == "downstream":
         (out / "masks").mkdir(parents=True, exist_ok=True)
@@ -99,12 +106,14 @@ def synthesize(out: Path, images: int, seed: int = 0, task: str = "pretrain", cl
         rows.append(row)
         if kind:
             planted["duplicates" if kind.startswith("duplicate") else kind].append(rel)
-    _write_labels(out / "labels.csv", rows, task)
+    if not unlabeled:
+        _write_labels(out / "labels.csv", rows, task)
     info = {
         "format": "radimagenet-synth/1",
         "task": task,
         "seed": seed,
         "images": images,
+        **({"unlabeled": True} if unlabeled else {}),
         "classes": dict(sorted(Counter(r["label"] for r in rows).items())),
         "patients": len({p.index for p, _ in plan}),
         "phi": sorted(phi),
