@@ -49,10 +49,15 @@ def test_the_dino_teacher_has_no_gradient_and_follows_the_student_by_ema():
     with torch.no_grad():
         for p in net.student.parameters():
             p.add_(1.0)
-    net.after_step()
+    net.after_step(0.0)  # the first step: the configured momentum
     m = SMALL.teacher_momentum
     for b, t, s in zip(before, net.backbone.parameters(), net.student.parameters(), strict=True):
         assert torch.allclose(t, m * b + (1 - m) * s)
+    after = [p.clone() for p in net.backbone.parameters()]
+    net.after_step(1.0)  # the end of training: momentum 1, the teacher holds still
+    assert all(torch.equal(a, t) for a, t in zip(after, net.backbone.parameters(), strict=True))
+    from radimagenet.models.ssl import teacher_momentum
+    assert teacher_momentum(0.99, 0.5) == pytest.approx(0.995) and teacher_momentum(0.99, 2.0) == 1.0
     net.train()
     net(torch.randn(4, 3, 32, 32))
     assert net.center.abs().sum() > 0  # the teacher's outputs are centred

@@ -3,7 +3,7 @@
     net = build_ssl("dino", "resnet50", in_chans=3, image_size=224, settings=SSLSection())
     losses = net(images)       # train mode: one loss per image [B] (the engine averages them)
     feats = net(images)        # eval mode: the exported backbone's pooled features [B, D]
-    net.after_step()           # DINO: the teacher follows the student (EMA); nothing for mae
+    net.after_step(progress)   # DINO: the teacher follows the student (EMA); nothing for mae
     net.backbone               # what is registered: the timm model without a head (num_classes=0)
 
 ``dino`` (Caron et al. 2021, self-distillation without labels): a student and an EMA teacher of the same
@@ -111,6 +111,11 @@ class DINOHead(nn.Module):
         return F.linear(F.normalize(self.mlp(x), dim=-1), F.normalize(self.prototypes, dim=-1))
 
 
+def teacher_momentum(base: float, progress: float) -> float:
+    """DINO's teacher momentum after ``progress`` (0-1) of training: ``base`` rising to 1 by a half cosine."""
+    return 1 - (1 - base) * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0))) / 2
+
+
 class DINO(nn.Module):
     """Self-distillation with no labels (see the module doc); ``backbone`` is the EMA teacher."""
 
@@ -155,9 +160,10 @@ class DINO(nn.Module):
         self.center.mul_(self.s.center_momentum).add_(mean, alpha=1 - self.s.center_momentum)
 
     @torch.no_grad()
-    def after_step(self) -> None:
-        """The teacher moves towards the student (EMA with ``ssl.teacher_momentum``)."""
-        m = self.s.teacher_momentum
+    def after_step(self, progress: float = 0.0) -> None:
+        """The teacher moves towards the student: an EMA whose momentum rises from ``ssl.teacher_momentum``
+        to 1 by a cosine over training (``progress``: the share of the run's steps done), as DINO's recipe."""
+        m = teacher_momentum(self.s.teacher_momentum, progress)
         for student, teacher in ((self.student, self.backbone), (self.student_head, self.teacher_head)):
             for ps, pt in zip(student.parameters(), teacher.parameters(), strict=True):
                 pt.mul_(m).add_(ps.detach(), alpha=1 - m)

@@ -17,7 +17,7 @@ class SSLSection:
     bottleneck_dim: int = 256  # dino: the L2-normalised bottleneck before the prototypes
     local_crops: int = 6  # dino: small crops (scale 0.05-0.4) besides the two global ones (0.4-1)
     local_size: int = 0  # dino: their size in pixels (0: 96/224 of data.image_size)
-    teacher_momentum: float = 0.996  # dino: EMA of the teacher per optimizer step
+    teacher_momentum: float = 0.996  # dino: the teacher's EMA momentum at the start, raised to 1 by a cosine
     teacher_temp: float = 0.04
     student_temp: float = 0.1
     center_momentum: float = 0.9

@@ -56,10 +56,11 @@ class SSLTask:
     def loss(self, outputs: Any, batch: Any) -> Any:
         return outputs.float().mean()
 
-    def after_step(self) -> None:
-        """After each optimizer step: the DINO teacher's EMA update (nothing for mae)."""
+    def after_step(self, progress: float) -> None:
+        """After each optimizer step (``progress``: the share of the run's steps done): the DINO teacher's
+        EMA update (nothing for mae)."""
         if hasattr(self._net, "after_step"):
-            self._net.after_step()
+            self._net.after_step(progress)
 
     def outputs(self, outputs: Any, batch: Any) -> dict[str, np.ndarray]:
         labels = batch.labels.numpy()

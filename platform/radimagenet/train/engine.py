@@ -85,7 +85,8 @@ class Task(Protocol):
     def metrics(self, split: str, out: Outputs) -> dict[str, float]:
         """A split's metrics from its gathered per-sample outputs."""
 
-    # optional: ``after_step()``, called after every optimizer step (a self-supervised teacher's EMA update)
+    # optional: ``after_step(progress)``, called after every optimizer step with the share of the run's steps
+    # done (from the learning-rate schedule's step, so a resumed run continues it): a teacher's EMA update
 
     def finish(self, model: nn.Module, record: Any, ctx: Context, selected: dict[str, float]) -> dict[str, float]:
         """After the last epoch (best weights loaded): the test report and artifacts, which include
@@ -207,6 +208,7 @@ def train_one_epoch(model: nn.Module, task: Task, loader: Iterable[Batch], optim
     mine = progress if ctx.is_main else EpochProgress(epoch)  # rank 0 carries what the checkpoint recorded
     position = positions(loader, ctx.world_size, progress.position)
     after_step = getattr(task, "after_step", None)  # e.g. a DINO teacher's EMA update
+    total_steps = max(1, train.epochs * optimizer_steps(batches, train.accum_steps))
     loss_sum, seen = torch.zeros((), device=ctx.device), 0
     window_images, window_start, epoch_start = 0, time.perf_counter(), time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
@@ -243,7 +245,7 @@ def train_one_epoch(model: nn.Module, task: Task, loader: Iterable[Batch], optim
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             if after_step is not None:
-                after_step()
+                after_step(min(1.0, scheduler.last_epoch / total_steps))
             step += 1
             if step % train.log_every == 0:
                 elapsed = time.perf_counter() - window_start
