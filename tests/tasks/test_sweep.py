@@ -89,3 +89,8 @@ def test_changed_keys_compares_what_changes_a_result():
     assert changed_keys(params, cfg) == []  # workers differ, image_size resolved at run time
     assert changed_keys(params | {"train.lr": "0.01"}, cfg) == ["train.lr: 0.01 -> 0.001"]
     assert changed_keys(params | {"data.manifest": "s3://b/other/manifest.json"}, cfg)[0].startswith("data.manifest")
+    # what a protocol implies is compared as the run logged it (protocol=linear ran with train.freeze=all)
+    linear = load_config(FinetuneConfig, None, ["data.manifest=s3://b/ds", "init=scratch", "protocol=linear"])
+    assert changed_keys({"train.freeze": "all", "protocol": "linear"}, linear) == []
+    knn = load_config(FinetuneConfig, None, ["data.manifest=s3://b/ds", "init=scratch", "protocol=knn"])
+    assert changed_keys({"eval.log_model": "False", "registry.register": "False", "protocol": "knn"}, knn) == []

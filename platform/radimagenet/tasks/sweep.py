@@ -48,13 +48,15 @@ NOT_COMPARED = ("tracking.", "checkpoint.", "scaling.", "data.num_workers", "dat
 
 def changed_keys(params: dict[str, str], config: Any) -> list[str]:
     """The config keys whose value differs from the run's logged params (``key: logged -> now``): a run of
-    the trial under other settings. Keys resolved at run time (None or empty here) and the keys of
+    the trial under other settings. What the protocol implies (``protocol=linear``: ``train.freeze=all``)
+    is applied first, as the run did; keys resolved at run time (None or empty here) and the keys of
     :data:`NOT_COMPARED` are not compared; nor are params the run did not log."""
     from radimagenet.config import flatten
     from radimagenet.dataset.format import manifest_uri
+    from radimagenet.tasks.finetune_config import protocol_settings
 
     out = []
-    for key, value in flatten(to_dict(config)).items():
+    for key, value in flatten(to_dict(protocol_settings(config))).items():  # as the run resolved and logged it
         if key.startswith(NOT_COMPARED) or key not in params or value is None or value in ("", [], (), {}):
             continue
         now, logged = str(value)[:6000], params[key]
