@@ -230,6 +230,18 @@ def test_compare_is_a_sweep_of_inits_by_seeds():
     assert configs[("scratch", "", 1)].tracking.run_name == "cmp-init_scratch-seed_1"
     assert spec.sweep.reference == "bb@champion" and spec.sweep.in_process
 
+    # --protocols and --label-fractions add the grid axes the label-efficiency curve needs
+    spec = load_sweep(None, ["model.arch=resnet10t", *compare_overrides(
+        ["bb@champion", "scratch"], "s3://b/ds", seed_list(1), "scratch", "cmp", True, ["linear", "knn"], [1, 0.1])])
+    cells = {(t.config.init, t.config.protocol, t.config.data.label_fraction) for t in spec.trials}
+    assert len(spec.trials) == 8 and cells == {(i, p, f) for i in ("backbone", "scratch")
+                                               for p in ("linear", "knn") for f in (0.1, 1.0)}
+    assert spec.sweep.reference == "scratch"
+    with pytest.raises(ConfigError, match="--protocols"):
+        compare_overrides(["a@b", "scratch"], "s3://b/ds", [0], None, "cmp", True, ["lora"])
+    with pytest.raises(ConfigError, match="--label-fractions"):
+        compare_overrides(["a@b", "scratch"], "s3://b/ds", [0], None, "cmp", True, None, [0.1, 0])
+
 
 def test_multi_label_predictions_file_round_trip(tmp_path):
     import numpy as np

@@ -5,6 +5,8 @@ classifier is fine-tuned from it; supervised pretraining refuses the unlabelled 
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import subprocess
 import sys
@@ -109,10 +111,50 @@ def test_each_objective_pretrains_registers_and_a_classifier_fine_tunes_from_it(
     ft = downstream("finetune")
     assert 0 <= ft.metrics["test/auc_ci_low"] <= ft.metrics["test/auc"] <= ft.metrics["test/auc_ci_high"] <= 1
     assert ft.metrics["test/n_images"] > 0, ft.metrics
-    if objective == "dino":  # the frozen-feature protocols beside full fine-tuning
-        knn = downstream("knn")
-        assert knn.metrics["train/n_images"] > 100 and 0 <= knn.metrics["test/auc"] <= 1, knn.metrics
-        assert knn.metrics["test/n_images"] == ft.metrics["test/n_images"]
-        assert "predictions/test.csv" in [a.path for a in MlflowClient().list_artifacts(knn.run_id, "predictions")]
-        linear = downstream("linear")
-        assert linear.config["train"]["freeze"] == "all" and 0 <= linear.metrics["test/auc"] <= 1
+    if objective == "dino":  # the leaderboard: linear probe and k-NN beside fine-tuning, at two label shares
+        leaderboard(data, f"test-{run_name}@candidate", record.arch, ft.metrics["test/n_images"], tmp_path)
+
+
+def leaderboard(data: dict, backbone: str, arch: str, n_test: float, tmp_path) -> None:
+    """``compare --protocols linear knn --label-fractions 0.5 1``: the SSL backbone against scratch, one seed,
+    8 nested runs, the label-efficiency curve on the parent."""
+    from mlflow.tracking import MlflowClient
+
+    from radimagenet.cli import main
+    from radimagenet.io import tracking
+
+    name = f"board-{uuid.uuid4().hex[:6]}"
+    argv = ["compare", "--backbones", backbone, "scratch", "--data", data["downstream"], "--protocols", "linear",
+            "knn", "--label-fractions", "0.5", "1", "--seeds", "1", "--reference", "scratch", "--in-process",
+            "--run-name", name, f"model.arch={arch}", "data.num_workers=0", "train.epochs=1", "train.batch_size=32",
+            "train.lr=1e-3", "eval.n_boot=50", "eval.gradcam_samples=0", "eval.gradcam_max_images=0",
+            "eval.log_model=false", "registry.register=false", f"tracking.experiment={EXPERIMENT}-board",
+            f"checkpoint.storage_path={tmp_path / 'board'}"]
+    assert main(argv) == 0
+    c = MlflowClient()
+    parent = tracking.find_run(tracking.tracking_uri(), f"{EXPERIMENT}-board", name)
+    children = {r.data.tags["radimagenet.run_name"]: r for r in c.search_runs(
+        [c.get_run(parent).info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")}
+    assert len(children) == 8 and all(r.info.status == "FINISHED" for r in children.values())
+    runs = {(r.data.params["init"], r.data.params["protocol"], float(r.data.params["data.label_fraction"])): r
+            for r in children.values()}
+    assert len(runs) == 8
+    for (_, protocol, _), r in runs.items():
+        m = r.data.metrics
+        assert m["test/n_images"] == n_test and 0 <= m["test/auc_ci_low"] <= m["test/auc"] <= m["test/auc_ci_high"] <= 1
+        if protocol == "linear":
+            assert r.data.params["train.freeze"] == "all"
+    knn_half, knn_all = (runs[("backbone", "knn", f)].data.metrics["train/n_images"] for f in (0.5, 1.0))
+    assert 0 < knn_half < knn_all  # the vote's bank is the labelled share
+    files = {a.path for a in c.list_artifacts(parent, "compare")}
+    assert {"compare/label_efficiency.csv", "compare/label_efficiency.png", "compare/summary.md"} <= files, files
+    text = tracking.download_text(tracking.tracking_uri(), parent, "compare/label_efficiency.csv")
+    curve = list(csv.DictReader(io.StringIO(text)))
+    assert len(curve) == 8 and {r["curve"] for r in curve} == {
+        f"{init}, protocol={p}" for init in (backbone, "scratch") for p in ("linear", "knn")}, text
+    row = next(r for r in curve if r["curve"] == f"{backbone}, protocol=knn" and float(r["label_fraction"]) == 0.5)
+    knn = runs[("backbone", "knn", 0.5)].data.metrics
+    assert float(row["auc_mean"]) == pytest.approx(knn["test/auc"]) and float(row["ci_low"]) == pytest.approx(
+        knn["test/auc_ci_low"])
+    summary = tracking.download_text(tracking.tracking_uri(), parent, "compare/summary.md")
+    assert "## Label efficiency" in summary and "| 50% of labels | 100% of labels |" in summary

@@ -1,4 +1,5 @@
-"""``radimagenet compare --backbones A B [...] --data URI --seeds 3 [key=value ...]``: initialisations head to head."""
+"""``radimagenet compare --backbones A B [...] --data URI --seeds 3 [--protocols finetune linear knn]
+[--label-fractions 0.01 0.1 1] [key=value ...]``: initialisations head to head."""
 
 from __future__ import annotations
 
@@ -15,6 +16,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="initialisations: registry references (NAME@alias, NAME/VERSION), scratch, imagenet")
     parser.add_argument("--data", required=True, help="dataset made by `radimagenet ingest` (s3://BUCKET/PREFIX)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per initialisation (paired across them)")
+    parser.add_argument("--protocols", nargs="+", metavar="PROTOCOL", choices=("finetune", "linear", "knn"),
+                        help="evaluate each initialisation by these: finetune (every layer), linear (the linear "
+                        "probe), knn (no training); default: the config's protocol (finetune)")
+    parser.add_argument("--label-fractions", nargs="+", type=float, metavar="F",
+                        help="shares of the training labels, e.g. 0.01 0.1 1: the label-efficiency curve "
+                        "(patient-level, stratified, nested across shares)")
     parser.add_argument("--config", help="fine-tuning preset (e.g. pipelines/finetune-classification.yaml)")
     parser.add_argument("--reference", help="the initialisation the others are tested against (default: the first)")
     parser.add_argument("--run-name", default="", help="parent run name (children: <name>-init_<init>-seed_<seed>); the same name resumes, skipping finished runs")
@@ -28,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = compare(args.backbones, args.data, seeds=args.seeds, config_path=args.config,
                      overrides=args.overrides, reference=args.reference, run_name=args.run_name,
-                     in_process=args.in_process)
+                     in_process=args.in_process, protocols=args.protocols, label_fractions=args.label_fractions)
     print(f"comparison {result.run_name}: MLflow parent run {result.parent_run_id} "
           f"({len(result.runs)} nested fine-tuning runs)\n")
     print(result.markdown, end="")

@@ -6,6 +6,7 @@ training curves, PNG encoding.
     reliability_diagram_png(probs_test, y_test, "reliability.png")
     prediction_overlay_png(image, pred_mask, true_mask, "seg.png")
     curves_png({"train/loss": [(step, value), ...]}, "loss_curves.png", ylabel="loss")
+    label_efficiency_png({"scratch, protocol=linear": [(0.01, 0.71, 0.62, 0.80), ...]}, "label_efficiency.png")
 
 Figures use matplotlib (Agg, no pyplot state) when it is installed and fall back to plain PIL drawing
 otherwise. The image helpers (``as_grey_uint8``, ``mask_contour``, ``jet``, ``rgb_png``) are shared
@@ -297,4 +298,31 @@ def curves_png(series: dict[str, Sequence[tuple[int, float]]], path: PathLike | 
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
+    return _figure_png(fig, path)
+
+
+def label_efficiency_png(curves: dict[str, Sequence[tuple[float, float, float, float]]], path: PathLike | None = None,
+                         *, title: str = "test AUC by share of training labels (patient-level 95% CI)") -> bytes:
+    """PNG of label-efficiency curves: per curve (an initialisation and protocol), ``(label fraction, AUC,
+    CI low, CI high)`` points on a log fraction axis, the intervals as bars (curves nudged apart sideways)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.8, 4.2))
+    ax = fig.subplots()
+    fractions = sorted({p[0] for points in curves.values() for p in points})
+    n = max(len(curves), 1)
+    for i, (name, points) in enumerate(curves.items()):
+        pts = sorted(points)
+        f, a, lo, hi = (np.asarray(v, dtype=float) for v in zip(*pts, strict=True))
+        nudge = 1.0 + 0.04 * (i - (n - 1) / 2)  # a multiplicative nudge: equal on the log axis
+        ax.errorbar(f * nudge, a, yerr=[np.nan_to_num(a - lo), np.nan_to_num(hi - a)], marker="o", ms=4,
+                    capsize=3, lw=1.3, label=name)
+    ax.set_xscale("log")
+    ax.set_xticks(fractions, [f"{100 * f:g}%" for f in fractions])
+    ax.minorticks_off()
+    ax.axhline(0.5, ls="--", c="grey", lw=1)
+    ax.set(xlabel="share of the training split's labels", ylabel="test AUC", title=title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="lower right")
     return _figure_png(fig, path)

@@ -1,6 +1,7 @@
 """The sweep's summary: per-trial results read back from MLflow, per-setting rows, paired tests against
 the reference init, and the parent run's artifacts (``sweep/summary.md``, ``settings.csv``, ``runs.csv``,
-``auc.png``; with paired tests ``table.md``, ``table.csv``, ``pairwise.csv``) and metrics
+``auc.png``; with paired tests ``table.md``, ``table.csv``, ``pairwise.csv``; with several
+``data.label_fraction`` values ``label_efficiency.csv`` and ``label_efficiency.png``) and metrics
 (``<init>/test/auc_mean``, ... , prefixed by the group when there are several).
 
 Trials that differ only in their init (and seed) form a *group*; within a group, seed ``i`` of every
@@ -115,9 +116,56 @@ def summarise(results: list[dict], reference: str) -> dict[str, Any]:
                          "ci_high": float(np.mean([r["ci_high"] for r in trials])),
                          "n_patients": trials[0]["n_patients"],
                          **{k: t.get(k, math.nan) for k in ("delta", "p_ttest", "p_bootstrap", "p_delong")}})
+    curve = label_efficiency(results, rows)
+    efficiency = efficiency_markdown(curve, reference)
     return {"rows": rows, "table": table, "pairwise": pairwise, "comparison": "\n".join(sections),
-            "markdown": _markdown(rows, reference) + ("\n" + "\n".join(sections) if sections else ""),
-            "single_group": len(groups) == 1}
+            "markdown": _markdown(rows, reference) + ("\n" + "\n".join(sections) if sections else "")
+            + ("\n" + efficiency if efficiency else ""),
+            "single_group": len(groups) == 1, "label_efficiency": curve, "efficiency_markdown": efficiency}
+
+
+FRACTION = "data.label_fraction"
+
+
+def label_efficiency(results: list[dict], rows: list[dict]) -> list[dict]:
+    """The label-efficiency curve when the trials vary ``data.label_fraction``: one row per (curve, fraction),
+    a curve being an init with the other values that are not the seed (e.g. ``protocol=linear``), with the
+    setting's mean test AUC over seeds, its mean patient-level CI and its paired tests against the
+    reference at the same fraction. Empty when fewer than two fractions were run."""
+    if len({float(r["values"][FRACTION]) for r in results if FRACTION in r["values"]}) < 2:
+        return []
+    by_setting = {(row["group"], row["setting"]): row for row in rows}
+    out, seen = [], set()
+    for r in results:
+        if FRACTION not in r["values"] or (r["group"], r["setting"]) in seen:
+            continue
+        seen.add((r["group"], r["setting"]))
+        rest = ",".join(f"{k}={v}" for k, v in r["values"].items() if k not in (*GROUP_SKIP, FRACTION))
+        row = by_setting[(r["group"], r["setting"])]
+        out.append({"curve": f"{r['init']}, {rest}" if rest else r["init"], "init": r["init"],
+                    "label_fraction": float(r["values"][FRACTION]),
+                    **{k: row[k] for k in ("n_seeds", "auc_mean", "auc_sd", "ci_low", "ci_high", "n_patients",
+                                           "delta", "p_ttest", "p_bootstrap", "p_delong")}})
+    return out
+
+
+def efficiency_markdown(curve: list[dict], reference: str) -> str:
+    """The label-efficiency table: a row per curve, a column per label fraction (AUC and CI)."""
+    if not curve:
+        return ""
+    fractions = sorted({r["label_fraction"] for r in curve})
+    cells: dict[str, dict[float, str]] = {}
+    for r in curve:
+        mark = "*" if isinstance(r["p_bootstrap"], float) and r["p_bootstrap"] < 0.05 else ""
+        cells.setdefault(r["curve"], {})[r["label_fraction"]] = (
+            f"{_fmt(r['auc_mean'])}{mark} ({_fmt(r['ci_low'])}-{_fmt(r['ci_high'])})")
+    head = "| initialisation | " + " | ".join(f"{100 * f:g}% of labels" for f in fractions) + " |\n"
+    head += "|---" * (len(fractions) + 1) + "|\n"
+    body = "".join(f"| {name} | " + " | ".join(row.get(f, "") for f in fractions) + " |\n"
+                   for name, row in cells.items())
+    return ("## Label efficiency\n\nTest AUC, mean over seeds (the mean patient-level 95% CI), by the share of "
+            f"the training split's labels used; `*`: differs from `{reference}` with the same protocol and share "
+            "(paired patient bootstrap, p < 0.05, not adjusted for the number of cells).\n\n" + head + body)
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
@@ -138,11 +186,12 @@ def _markdown(rows: list[dict], reference: str) -> str:
 
 def log_summary(uri: str, parent: str, results: list[dict], summary: dict[str, Any], prefix: str = "sweep") -> None:
     """The summary under ``prefix/`` on the parent run (``summary.md``, ``settings.csv``, ``runs.csv``,
-    ``auc.png``; with paired tests ``table.md``, ``table.csv``, ``pairwise.csv``) and its metrics:
+    ``auc.png``; with paired tests ``table.md``, ``table.csv``, ``pairwise.csv``; with a label-efficiency
+    curve ``label_efficiency.csv``, ``label_efficiency.png``) and its metrics:
     ``<init>/test/auc_mean``, ``/test/auc_sd``, ``/test/auc_delta``, ``/p_ttest``, ``/p_bootstrap``,
     ``/p_delong`` (prefixed by the group when several groups are compared)."""
     from radimagenet.eval import stats
-    from radimagenet.eval.figures import auc_intervals_png
+    from radimagenet.eval.figures import auc_intervals_png, label_efficiency_png
 
     tmp = tempfile.mkdtemp(prefix="radimagenet-sweep-")
     try:
@@ -157,6 +206,13 @@ def log_summary(uri: str, parent: str, results: list[dict], summary: dict[str, A
             stats.write_csv(summary["pairwise"], os.path.join(tmp, "pairwise.csv"))
             with open(os.path.join(tmp, "table.md"), "w") as f:
                 f.write(summary["comparison"])
+        if summary["label_efficiency"]:
+            curve = summary["label_efficiency"]
+            stats.write_csv(curve, os.path.join(tmp, "label_efficiency.csv"))
+            points: dict[str, list[tuple[float, float, float, float]]] = {}
+            for r in curve:
+                points.setdefault(r["curve"], []).append((r["label_fraction"], r["auc_mean"], r["ci_low"], r["ci_high"]))
+            label_efficiency_png(points, os.path.join(tmp, "label_efficiency.png"))
         rows = summary["rows"]
         auc_intervals_png([r["setting"] for r in rows], [r["auc_mean"] for r in rows], [r["ci_low"] for r in rows],
                           [r["ci_high"] for r in rows], os.path.join(tmp, "auc.png"))
