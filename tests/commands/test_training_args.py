@@ -55,3 +55,26 @@ def test_a_bad_key_is_one_clear_line(capsys):
 def test_print_config_still_checks_the_values(capsys):
     assert main(["pretrain", "--print-config", "train.epochs=-3"]) == 2
     assert "train.epochs must be >= 1" in capsys.readouterr().err
+
+
+def test_compare_list_flags_give_back_the_overrides_they_swallow():
+    from radimagenet.commands.compare import give_back_overrides
+    from radimagenet.errors import ConfigError
+
+    args = build_parser("compare").parse_args([
+        "compare", "--data", "s3://b/ds", "--backbones", "a@x", "scratch", "model.arch=resnet50",
+        "--protocols", "linear", "knn", "train.epochs=2", "--label-fractions", "0.01", "1", "train.lr=1e-3"])
+    give_back_overrides(args)
+    assert args.backbones == ["a@x", "scratch"] and args.protocols == ["linear", "knn"]
+    assert args.label_fractions == [0.01, 1.0]
+    assert args.overrides == ["model.arch=resnet50", "train.epochs=2", "train.lr=1e-3"]
+    args = build_parser("compare").parse_args(["compare", "--data", "d", "--backbones", "a@x", "--label-fractions", "x"])
+    with pytest.raises(ConfigError, match="--label-fractions takes numbers"):
+        give_back_overrides(args)
+
+
+def test_compare_label_fractions_round_trip_exactly():
+    from radimagenet.tasks.compare import _number
+
+    assert [_number(f) for f in (0.01, 0.1, 1.0, 1e-05, 0.25)] == ["0.01", "0.1", "1", "0.00001", "0.25"]
+    assert yaml.safe_load(_number(1e-05)) == 1e-05

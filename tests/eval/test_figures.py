@@ -92,6 +92,7 @@ def test_label_efficiency_curves(tmp_path) -> None:
     from radimagenet.eval.figures import label_efficiency_png
 
     png = label_efficiency_png({"scratch, protocol=linear": [(1.0, 0.8, 0.7, 0.9), (0.01, 0.6, 0.5, 0.7)],
-                                "ssl@candidate, protocol=linear": [(0.01, 0.75, float("nan"), 0.8), (1.0, 0.9, 0.85, 0.95)]},
+                                "ssl@candidate, protocol=linear": [(0.01, 0.75, float("nan"), 0.8), (1.0, 0.9, 0.85, 0.95)],
+                                "outside": [(0.01, 0.7, 0.72, 0.8), (1.0, 0.8, 0.7, 0.79)]},  # a bound past the point
                                tmp_path / "curve.png")
     assert png.startswith(b"\x89PNG") and (tmp_path / "curve.png").read_bytes() == png

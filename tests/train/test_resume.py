@@ -146,3 +146,34 @@ def test_a_short_accumulated_step_weighs_every_sample_the_same(tmp_path):
     accumulated, whole = run(2, [a, b]), run(1, [joined])
     for key, value in whole.items():
         assert torch.allclose(value, accumulated[key], atol=1e-6), key
+
+
+@dataclass
+class ProgressTask(DropoutTask):
+    """DropoutTask recording the ``progress`` its ``after_step`` gets (a DINO teacher's momentum follows it)."""
+
+    seen: list | None = None
+
+    def after_step(self, progress: float) -> None:
+        self.seen.append(progress)
+
+
+def test_after_step_progress_continues_across_a_mid_epoch_resume(tmp_path):
+    cfg = Cfg(train_cfg(epochs=2, momentum=0.9))
+    cfg.checkpoint.every_steps = 2
+
+    def run(name: str, fail_at: list[int]) -> list[list[float]]:
+        runs = []
+        for n in [*fail_at, -1]:
+            runs.append([])
+            task = ProgressTask(select_metric=None, data=data([4, 4, 4, 4, 4, 3]), fail_at=n, seen=runs[-1])
+            try:
+                fit(task, cfg, {"c": 1}, MANIFEST, local_context(cfg, str(tmp_path / name)))
+            except Interrupted:
+                continue
+        return runs
+
+    [whole] = run("whole", [])
+    assert whole == pytest.approx([(i + 1) / 12 for i in range(12)])  # 2 epochs of 6 steps
+    first, resumed = run("resumed", [5])  # stopped in the 5th step of epoch 1: resumes after the step-4 checkpoint
+    assert first == whole[:4] and resumed == pytest.approx(whole[4:])

@@ -302,9 +302,10 @@ def curves_png(series: dict[str, Sequence[tuple[int, float]]], path: PathLike | 
 
 
 def label_efficiency_png(curves: dict[str, Sequence[tuple[float, float, float, float]]], path: PathLike | None = None,
-                         *, title: str = "test AUC by share of training labels (patient-level 95% CI)") -> bytes:
+                         *, title: str = "test AUC by share of training labels") -> bytes:
     """PNG of label-efficiency curves: per curve (an initialisation and protocol), ``(label fraction, AUC,
-    CI low, CI high)`` points on a log fraction axis, the intervals as bars (curves nudged apart sideways)."""
+    CI low, CI high)`` points on a log fraction axis, the intervals as bars (none where a bound is NaN;
+    curves nudged apart sideways)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6.8, 4.2))
@@ -312,16 +313,19 @@ def label_efficiency_png(curves: dict[str, Sequence[tuple[float, float, float, f
     fractions = sorted({p[0] for points in curves.values() for p in points})
     n = max(len(curves), 1)
     for i, (name, points) in enumerate(curves.items()):
-        pts = sorted(points)
-        f, a, lo, hi = (np.asarray(v, dtype=float) for v in zip(*pts, strict=True))
-        nudge = 1.0 + 0.04 * (i - (n - 1) / 2)  # a multiplicative nudge: equal on the log axis
-        ax.errorbar(f * nudge, a, yerr=[np.nan_to_num(a - lo), np.nan_to_num(hi - a)], marker="o", ms=4,
-                    capsize=3, lw=1.3, label=name)
+        f, a, lo, hi = (np.asarray(v, dtype=float) for v in zip(*sorted(points), strict=True))
+        x = f * 1.04 ** (i - (n - 1) / 2)  # the same distance apart at every share on the log axis
+        line = ax.plot(x, a, marker="o", ms=4, lw=1.3, label=name)[0]
+        ok = np.isfinite(lo) & np.isfinite(hi)
+        if ok.any():
+            ax.errorbar(x[ok], a[ok], yerr=[np.clip(a - lo, 0, None)[ok], np.clip(hi - a, 0, None)[ok]], fmt="none",
+                        capsize=3, lw=1.1, ecolor=line.get_color())
     ax.set_xscale("log")
     ax.set_xticks(fractions, [f"{100 * f:g}%" for f in fractions])
     ax.minorticks_off()
     ax.axhline(0.5, ls="--", c="grey", lw=1)
-    ax.set(xlabel="share of the training split's labels", ylabel="test AUC", title=title)
+    ax.set(xlabel="share of the training split's labels", ylabel="test AUC (bars: patient-level 95% CI)",
+           title=title)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="lower right")

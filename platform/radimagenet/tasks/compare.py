@@ -72,10 +72,16 @@ def compare_overrides(inits: list[str], data: str, seeds: list[int], reference: 
         bad_f = [f for f in label_fractions if not 0 < f <= 1]
         if bad_f or len(set(label_fractions)) != len(label_fractions):
             raise ConfigError(f"--label-fractions takes distinct shares in (0, 1], got {label_fractions}")
-        grid.append(f"grid.data.label_fraction={','.join(f'{f:g}' for f in sorted(label_fractions))}")
+        grid.append(f"grid.data.label_fraction={','.join(_number(f) for f in sorted(label_fractions))}")
     return [f"data.manifest={data}", f"grid.init={','.join(inits)}", *grid,
             f"grid.train.seed={','.join(map(str, seeds))}", f"sweep.name={run_name}",
             f"sweep.reference={reference or inits[0]}", f"sweep.in_process={'true' if in_process else 'false'}"]
+
+
+def _number(x: float) -> str:
+    """A share as an override's text that parses back to the same float (no exponent: YAML reads 1e-05
+    as a string): ``0.01``, ``1``, ``0.00001``."""
+    return f"{x:.12f}".rstrip("0").rstrip(".")
 
 
 def compare(inits: list[str], data: str, *, seeds: int = 3, config_path: str | None = None,

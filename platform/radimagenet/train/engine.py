@@ -164,7 +164,8 @@ def fit(task: Task, cfg: Any, config: dict[str, Any], manifest: dict, ctx: Conte
         loader = task.loader("train", ctx, epoch=epoch, train=True, start=progress.position)
         step, train_metrics, progress = train_one_epoch(
             train_model, task, loader, optimizer, scheduler, ctx, cfg.train, epoch, step, log,
-            progress=progress, every_steps=every, on_checkpoint=mid_epoch)
+            progress=progress, every_steps=every, on_checkpoint=mid_epoch,
+            total_steps=cfg.train.epochs * steps_per_epoch)
         broadcast_buffers(model, ctx)
         _, val_metrics = evaluate(model, task, "val", ctx)
         best = select(best, task.select_metric, val_metrics, epoch, model)
@@ -188,7 +189,7 @@ def fit(task: Task, cfg: Any, config: dict[str, Any], manifest: dict, ctx: Conte
 def train_one_epoch(model: nn.Module, task: Task, loader: Iterable[Batch], optimizer: torch.optim.Optimizer,
                     scheduler: Any, ctx: Context, train: TrainSection, epoch: int, step: int,
                     log: Logger, *, progress: EpochProgress | None = None, every_steps: int = 0,
-                    on_checkpoint: Callable[[int, EpochProgress], None] | None = None,
+                    on_checkpoint: Callable[[int, EpochProgress], None] | None = None, total_steps: int = 0,
                     ) -> tuple[int, dict[str, float], EpochProgress]:
     """One pass over ``loader`` (from ``progress.position`` of the epoch, the accounting so far in
     ``progress``); returns the new optimizer step, the epoch's train metrics (loss, throughput and
@@ -200,6 +201,8 @@ def train_one_epoch(model: nn.Module, task: Task, loader: Iterable[Batch], optim
     same; a rank with no sample left (or one) runs a padded batch whose padding adds nothing. Random draws
     on the device (dropout, self-supervised views) are seeded per batch from ``(seed, epoch, position,
     rank)``, so a run resumed on the same number of workers draws what an uninterrupted one would.
+    ``total_steps``: the run's optimizer steps (default: ``train.epochs`` epochs like this loader's), the
+    denominator of the ``progress`` a task's ``after_step`` receives.
     """
     task.train_mode(model)
     fmt = torch.channels_last if ctx.gpu else torch.contiguous_format
@@ -208,7 +211,8 @@ def train_one_epoch(model: nn.Module, task: Task, loader: Iterable[Batch], optim
     mine = progress if ctx.is_main else EpochProgress(epoch)  # rank 0 carries what the checkpoint recorded
     position = positions(loader, ctx.world_size, progress.position)
     after_step = getattr(task, "after_step", None)  # e.g. a DINO teacher's EMA update
-    total_steps = max(1, train.epochs * optimizer_steps(batches, train.accum_steps))
+    # the run's optimizer steps as the schedule counts them (a resumed epoch's loader holds only what is left)
+    total_steps = max(1, total_steps or train.epochs * optimizer_steps(batches, train.accum_steps))
     loss_sum, seen = torch.zeros((), device=ctx.device), 0
     window_images, window_start, epoch_start = 0, time.perf_counter(), time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
