@@ -12,7 +12,8 @@ own CPU time and per added file (N files against N/2), and a per-stage breakdown
 against --workers 1 on all cores (goal: ~2x), and the driver's own CPU per file when Ray workers do
 the work (its whole process, every thread: ``time.process_time``; per file of the whole ingest and per
 file added, N files against N/2; on the RLE inputs and on ``--driver-files`` released-layout PNGs),
-which caps one ingest whatever the number of workers.
+which caps one ingest whatever the number of workers; and that figure without the driver's cost per wall
+second (Ray's threads, measured idle), which a faster ingest spreads over more files.
 """
 
 from __future__ import annotations
@@ -214,13 +215,23 @@ def busy_seconds() -> float:
     return t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
 
 
-def driver_process_cpu(folder: Path, half: Path, workers: int, size: int) -> tuple[float, float]:
+def driver_process_cpu(folder: Path, half: Path, workers: int, size: int) -> tuple[float, float, float]:
     """The driver process's CPU seconds per file (every thread: ``time.process_time``) with Ray workers:
-    over the whole ingest of ``folder``, and per file added (``folder`` against its first ``half``)."""
+    over the whole ingest of ``folder``, per file added (``folder`` against its first ``half``), and the
+    wall seconds per file added."""
     n, n_half = len(input_files(folder)), len(input_files(half))
-    whole = full_ingest(folder, workers, size)[1]
-    added = (whole * n - full_ingest(half, workers, size)[1] * n_half) / (n - n_half)
-    return whole, added
+    wall, whole = full_ingest(folder, workers, size)
+    wall_half, cpu_half = full_ingest(half, workers, size)
+    added = (whole * n - cpu_half * n_half) / (n - n_half)
+    return whole, added, (wall * n - wall_half * n_half) / (n - n_half)
+
+
+def idle_cpu_rate(seconds: float = 5.0) -> float:
+    """CPU seconds per second the driver process spends connected to Ray and doing nothing (Ray's own
+    threads: heartbeats, metrics, the GCS and raylet clients)."""
+    t, c = time.perf_counter(), time.process_time()
+    time.sleep(seconds)
+    return (time.process_time() - c) / (time.perf_counter() - t)
 
 
 @contextlib.contextmanager
@@ -266,15 +277,24 @@ def scaling(folder: Path, half: Path, size: int, cores: int) -> None:
 
 def driver_load(folder: Path, half: Path, size: int, repeats: int) -> None:
     """The driver process's CPU per file with 2 Ray workers on released-layout PNGs, ``repeats`` times
-    (median and range: the figure that caps one ingest whatever the number of workers)."""
-    runs = sorted(driver_process_cpu(folder, half, 2, size) for _ in range(repeats))
-    whole = sorted(r[0] for r in runs)
-    added = sorted(r[1] for r in runs)
+    (median and range: the figure that caps one ingest whatever the number of workers). Part of it is a
+    cost per wall second (Ray's threads, measured idle before each run), which a faster ingest spreads
+    over more files: the room is (1 - idle rate) / (CPU per file added - idle rate x wall per file added)."""
+    runs = []
+    for _ in range(repeats):
+        idle = idle_cpu_rate()
+        whole, added, wall_added = driver_process_cpu(folder, half, 2, size)
+        runs.append((whole, added, added - idle * wall_added, idle))
+    whole, added, work, idle = (sorted(r[i] for r in runs) for i in range(4))
     mid = len(runs) // 2
+    room = f"{(1 - idle[mid]) / work[mid]:,.0f} files/s" if work[mid] > 0 else "unmeasurable (noise: rerun)"
     print(f"driver process CPU per file, 2 Ray workers, {len(input_files(folder))} released-layout PNGs "
           f"({repeats} runs, median [min-max]): whole ingest {whole[mid] * 1e3:.3f} [{whole[0] * 1e3:.3f}-"
           f"{whole[-1] * 1e3:.3f}] ms, per file added {added[mid] * 1e3:.3f} [{added[0] * 1e3:.3f}-"
-          f"{added[-1] * 1e3:.3f}] ms: one ingest tops out near {1 / max(added[mid], 1e-9):,.0f} files/s")
+          f"{added[-1] * 1e3:.3f}] ms: at this rate one ingest tops out near {1 / max(added[mid], 1e-9):,.0f} files/s\n"
+          f"  idle, connected to Ray: {idle[mid] * 1e3:.1f} [{idle[0] * 1e3:.1f}-{idle[-1] * 1e3:.1f}] ms of CPU per "
+          f"second; per file added without it {work[mid] * 1e3:.3f} [{work[0] * 1e3:.3f}-{work[-1] * 1e3:.3f}] ms: "
+          f"one ingest's driver has room for {room}")
 
 
 def main() -> int:
