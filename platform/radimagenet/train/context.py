@@ -11,6 +11,8 @@ and a cluster job.
 from __future__ import annotations
 
 import contextlib
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,12 +83,19 @@ def ray_context() -> Context:
 
     @contextlib.contextmanager
     def latest() -> Iterator[str | None]:
+        # each rank downloads into a folder of its own: Checkpoint.as_directory() shares one folder per node
+        # between the ranks, and one rank deleting it as another read it broke a 4-worker resume (file read failed)
+        import pyarrow.fs
+
         ckpt = ray.train.get_checkpoint()
-        if ckpt is None:
-            yield None
+        if ckpt is None or isinstance(ckpt.filesystem, pyarrow.fs.LocalFileSystem):
+            yield None if ckpt is None else ckpt.path  # a local checkpoint is read where it is
             return
-        with ckpt.as_directory() as d:
-            yield d
+        tmp = tempfile.mkdtemp(prefix="radimagenet-restore-")
+        try:
+            yield ckpt.to_directory(tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     return Context(rank=rctx.get_world_rank(), world_size=rctx.get_world_size(),
                    device=ray.train.torch.get_device(), prepare_model=ray.train.torch.prepare_model,
