@@ -28,8 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(patient-level, stratified, nested across shares)")
     parser.add_argument("--config", help="fine-tuning preset (e.g. pipelines/finetune-classification.yaml)")
     parser.add_argument("--reference", help="the initialisation the others are tested against (default: the first)")
-    parser.add_argument("--run-name", default="", help="parent run name (children: <name>-init_<init>[-protocol_<p>][-label_fraction_<f>]-seed_<seed>); "
-                        "the same name resumes, skipping finished runs")
+    parser.add_argument("--run-name", default="",
+                        help="parent run name (children: <name>-init_<init>[-protocol_<p>][-label_fraction_<f>]"
+                        "-seed_<seed>); the same name resumes, skipping finished runs")
     parser.add_argument("--in-process", action="store_true", help="run every fine-tuning in this process (no Ray)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="fine-tuning overrides for every run, e.g. model.arch=resnet50 train.epochs=20")

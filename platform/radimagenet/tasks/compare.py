@@ -7,11 +7,12 @@
 The grid is ``init`` x ``train.seed`` (x ``protocol`` x ``data.label_fraction`` with ``--protocols`` and
 ``--label-fractions``); every (initialisation, seed, ...) is one fine-tuning run nested under the parent
 run ``--run-name``. Trials paired by seed share their protocol and label fraction; with several fractions
-the parent also holds the label-efficiency curve (``compare/label_efficiency.csv``, ``.png``). Seed ``i`` of every initialisation shares the data order and the test
-set, so the tests are paired: a paired t-test over seeds on the test AUCs (training variability) and,
-on the per-sample test predictions of each seed pair (test-set variability), a paired patient-level
-bootstrap (patients resampled, so a patient's several images count once) and, for binary tasks,
-DeLong's test (image-level), each combined conservatively across seeds (:mod:`radimagenet.eval.stats`).
+the parent also holds the label-efficiency curve (``compare/label_efficiency.csv``, ``.png``). Seed ``i``
+of every initialisation shares the data order and the test set, so the tests are paired: a paired
+t-test over seeds on the test AUCs (training variability) and, on the per-sample test predictions of
+each seed pair (test-set variability), a paired patient-level bootstrap (patients resampled, so a
+patient's several images count once) and, for binary tasks, DeLong's test (image-level), each combined
+conservatively across seeds (:mod:`radimagenet.eval.stats`).
 The parent run holds ``compare/table.md``, ``compare/table.csv``, ``compare/pairwise.csv``,
 ``compare/runs.csv`` (and the sweep's ``summary.md``, ``settings.csv``, ``auc.png``) and the metrics
 ``<init>/test/auc_mean``, ``/test/auc_sd``, ``/test/auc_delta``, ``/p_ttest``, ``/p_bootstrap``, ``/p_delong``.
