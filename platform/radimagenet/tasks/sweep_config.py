@@ -96,7 +96,8 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "x"
 
 
-def _label(values: dict[str, Any], skip: tuple[str, ...] = ()) -> str:
+def values_label(values: dict[str, Any], skip: tuple[str, ...] = ()) -> str:
+    """``key=value,...`` of a trial's values, leaving out the keys in ``skip`` (settings, groups, curves)."""
     return ",".join(f"{k}={v}" for k, v in values.items() if k not in skip)
 
 
@@ -142,8 +143,8 @@ def expand(spec: SweepSpec) -> list[Trial]:
         try:
             cfg = validate(from_dict(FinetuneConfig, data))
         except ConfigError as exc:
-            raise ConfigError(f"trial {_label(values)}: {exc}") from None
-        trials.append(Trial(name, values, cfg, _label(values, ("train.seed",)) or "all",
+            raise ConfigError(f"trial {values_label(values)}: {exc}") from None
+        trials.append(Trial(name, values, cfg, values_label(values, ("train.seed",)) or "all",
                             cfg.backbone if cfg.init == "backbone" else cfg.init))
     return trials
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from radimagenet.errors import ConfigError
 from radimagenet.io import tracking
-from radimagenet.tasks.sweep_config import Trial, init_of, slug
+from radimagenet.tasks.sweep_config import Trial, init_of, slug, values_label
 
 GROUP_SKIP = ("init", "backbone", "train.seed")  # what varies inside a group of paired trials
 
@@ -34,7 +34,7 @@ def trial_result(uri: str, trial: Trial, run_id: str) -> dict[str, Any]:
     run = tracking.get_run(uri, run_id)
     metrics, multi = run.data.metrics, run.data.tags.get("radimagenet.metrics") == "multilabel"
     pred = read_predictions(tracking.download_text(uri, run_id, PREDICTIONS_FILE), multi_label=multi)
-    group = ",".join(f"{k}={v}" for k, v in trial.values.items() if k not in GROUP_SKIP) or "all"
+    group = values_label(trial.values, GROUP_SKIP) or "all"
     return {"trial": trial.name, "setting": trial.setting, "group": group, "init": init_of(trial),
             "seed": trial.config.train.seed, "run_id": run_id, "values": trial.values,
             "test_auc": float(metrics.get("test/auc", math.nan)),
@@ -140,7 +140,7 @@ def label_efficiency(results: list[dict], rows: list[dict]) -> list[dict]:
         if FRACTION not in r["values"] or (r["group"], r["setting"]) in seen:
             continue
         seen.add((r["group"], r["setting"]))
-        rest = ",".join(f"{k}={v}" for k, v in r["values"].items() if k not in (*GROUP_SKIP, FRACTION))
+        rest = values_label(r["values"], (*GROUP_SKIP, FRACTION))
         row = by_setting[(r["group"], r["setting"])]
         out.append({"curve": f"{r['init']}, {rest}" if rest else r["init"], "init": r["init"],
                     "label_fraction": float(r["values"][FRACTION]),
