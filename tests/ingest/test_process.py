@@ -1,6 +1,7 @@
 """Ingest pieces that need no server: inputs, de-identification, splits, settings."""
 
 import collections
+import json
 
 import numpy as np
 import pytest
@@ -151,9 +152,10 @@ def test_driver_state_counts_rejects_as_it_goes():
     for res in results:
         if state.handle(res):  # True: to be written (the driver plans it into a shard)
             writers[res.split].write(res)
-    statuses = collections.Counter(line["status"] for line in state.lines.values())
+    statuses = collections.Counter(json.loads(line)["status"] for line in state.lines.values())
     assert state.rejected == statuses["rejected"] == 3
-    assert statuses == {"written": 2, "duplicate": 1, "rejected": 3}
+    assert statuses == state.status == {"written": 2, "duplicate": 1, "rejected": 3}
+    assert state.reasons == {"blank": 1, "split_conflict": 1, "truncated": 1}
     assert [s.index for s in writers["train"]] == [0] and [s.index for s in writers["val"]] == [4]
 
 
@@ -267,7 +269,7 @@ def test_driver_state_keeps_dropped_fields_of_written_samples():
                 sample(3, "k3", ("modality", "body_part"))):
         state.handle(res)
     assert state.dropped == {0: ("body_part",), 3: ("modality", "body_part")}  # not the duplicate's
-    assert state.lines[1]["duplicate_of"] == "src-0"
+    assert json.loads(state.lines[1])["duplicate_of"] == "src-0"
     assert count_dropped(state.dropped.values()) == {"body_part": 2, "modality": 1}
 
 
@@ -289,9 +291,12 @@ def test_report_lines_are_the_json_of_their_line():
     """Report lines are built by hand (driver CPU per file): the same text json.dumps writes."""
     import json
 
-    from radimagenet.ingest.run import _line, report_line
+    from radimagenet.ingest.run import _line, _State, report_line
 
     lines = [_line("src-0", "written", key="ab" * 16, split="train"),
              _line('src-"1"\\', "rejected", reason="decode_failed: x\udcffy é 中 \u2028 \x00"),
              _line("src-2", "duplicate", key="k", split="val", duplicate_of="src-0")]
     assert [report_line(line) for line in lines] == [json.dumps(line) + "\n" for line in lines]
+    state = _State(first_of_key={}, split_of_patient={}, lines={})
+    state.written(0, 'src-"0"\u2028', "ab" * 16, "train")  # a written input's line, made without the dict
+    assert state.lines[0] == json.dumps(_line('src-"0"\u2028', "written", key="ab" * 16, split="train")) + "\n"

@@ -5,6 +5,7 @@ lease never becomes visible."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from radimagenet.ingest import IngestConfig, ingest
 from radimagenet.ingest import shards as shards_mod
 from radimagenet.ingest.process import Processed, Reject
 from radimagenet.ingest.shards import Entry, RayShards, commit_shard, split_chunk, write_shard
+from radimagenet.ingest.target import journal_body
 from radimagenet.io import lease, storage
 from radimagenet.ops.synth import synthesize
 
@@ -48,12 +50,30 @@ def test_entries_carry_no_bytes_and_plan_by_the_exact_tar_size():
         assert entries[2].dropped == ("body_part",)
 
 
+def test_rows_and_entries_cross_to_and_from_tasks_as_columns_and_come_back_whole():
+    from radimagenet.ingest.shards import pickle_entries, pickle_rows, unpickle_entries, unpickle_rows
+    from radimagenet.ingest.sources import InputRow
+
+    rows = [InputRow(0, "a.png", "/s/a.png", "CT/lung"), InputRow(1, "b", "", "", "p1", "train", None, ("x", "y"))]
+    assert unpickle_rows(pickle_rows(rows)) == rows and type(unpickle_rows(pickle_rows(rows))[1]) is InputRow
+    assert unpickle_rows(pickle_rows([])) == []
+    entries, _ = split_chunk([_sample(0, "train"), Reject(1, "src-1", "blank", "all pixels equal"),
+                              _sample(2, "test", dropped=("body_part",)), Reject(3, "src-3", "truncated", "cut")], "npy")
+    back = unpickle_entries(pickle_entries(entries))
+    assert back == entries and [type(e) for e in back] == [Entry, Reject, Entry, Reject]  # input order
+    assert back[2].dropped == ("body_part",) and back[2].key == entries[2].key
+    assert unpickle_entries(pickle_entries(entries[1::2])) == entries[1::2]  # only rejects
+    assert unpickle_entries(pickle_entries([])) == []
+
+
 def test_ray_tasks_get_larger_chunks_while_every_worker_has_four():
     cfg = lambda **kw: IngestConfig(source="s", out="s3://b/p", **kw)  # noqa: E731
     assert shards_mod.chunk_size(cfg(), 100_000) == 64  # in-process: as given
     assert shards_mod.chunk_size(cfg(workers=2), 300) == 64  # few inputs: as given
     assert shards_mod.chunk_size(cfg(workers=2), 4000) == 500
-    assert shards_mod.chunk_size(cfg(workers=64), 1_350_000) == shards_mod.MAX_CHUNK
+    assert shards_mod.chunk_size(cfg(workers=64), 1_350_000) == shards_mod.max_chunk(224) == 1337
+    assert shards_mod.chunk_size(cfg(workers=64, image_size=512), 1_350_000) == 256  # 64 MiB of samples
+    assert shards_mod.chunk_size(cfg(workers=64, image_size=4096), 1_350_000) == 64  # never below 64
 
 
 # --- against the stack -----------------------------------------------------------------------------
@@ -118,11 +138,11 @@ def test_an_interrupted_parallel_ingest_resumes_on_another_worker_count(stack_en
     out = _prefix("workers-resume")
     real, calls = shards_mod.journal_shard, {"n": 0}
 
-    def crash_on_third(prefix, record, dropped):  # the shard is complete (visible) but not journaled
+    def crash_on_third(prefix, record, body):  # the shard is complete (visible) but not journaled
         calls["n"] += 1
         if calls["n"] == 3:
             raise RuntimeError("simulated crash")
-        real(prefix, record, dropped)
+        real(prefix, record, body)
 
     monkeypatch.setattr(shards_mod, "journal_shard", crash_on_third)
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -148,22 +168,24 @@ def _uploads(out: str) -> set[str]:
 def test_a_shard_written_after_the_lease_is_lost_never_becomes_visible(stack_env):
     out = _prefix("workers-lease")
     uri = storage.parse_uri(out)
-    samples: list[Sample] = [_sample(i, "train") for i in range(4)]
+    samples: list[Sample] = [_sample(i, "train", dropped=("body_part",) if i == 1 else ()) for i in range(4)]
     held = lease.acquire(lease.lease_uri(out), purpose="ingest")
     records: list = []
 
     # a worker writes shard 0 while the lease is held: invisible until the driver completes it
-    record, staged = write_shard(out, "train", 0, "npy", np.array([[0, 0], [0, 1]]), samples)
+    record, staged, body = write_shard(out, "train", 0, "npy", np.array([[0, 0], [0, 1]]), samples)
     assert not storage.exists(record.url) and staged.upload_id in _uploads(out)
-    commit_shard(held, uri, {}, records, record, staged)
+    assert json.loads(body) == json.loads(journal_body(record, {1: ("body_part",)}))  # made by the task,
+    assert json.loads(body)["dropped_fields"] == {"1": ["body_part"]}  # with its samples' dropped fields
+    commit_shard(held, uri, {}, records, record, staged, body)
     assert storage.exists(record.url) and records == [record]
     assert storage.list_keys(out + "/_journal") == [out + "/_journal/train-000000.json"]
 
     # another ingest takes the prefix over; a worker of the first one still finishes shard 1
     lease.acquire(lease.lease_uri(out), purpose="ingest", take_over=True)
-    record, staged = write_shard(out, "train", 1, "npy", np.array([[0, 2], [0, 3]]), samples)
+    record, staged, body = write_shard(out, "train", 1, "npy", np.array([[0, 2], [0, 3]]), samples)
     held.renew()  # the first driver learns of the loss at its next heartbeat ...
     with pytest.raises(lease.LeaseLost):
-        commit_shard(held, uri, {}, records, record, staged)  # ... and completes nothing more
+        commit_shard(held, uri, {}, records, record, staged, body)  # ... and completes nothing more
     assert not storage.exists(record.url) and staged.upload_id not in _uploads(out)
     assert len(records) == 1 and len(storage.list_keys(out + "/_journal")) == 1

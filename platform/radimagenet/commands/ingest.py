@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-size", default="256MB", help="target shard size (default 256MB)")
     p.add_argument("--workers", type=int, default=1, help="parallel Ray tasks; 1 runs in-process (default 1)")
     p.add_argument("--chunk-size", type=int, default=64, help="files per task (default 64; with --workers > 1 the least: "
-                   "chunks grow up to 512 files while each worker still gets 4)")
+                   "chunks grow up to 64 MiB of images while each worker still gets 4)")
     p.add_argument("--multiframe", choices=["middle", "first", "reject"], default="middle",
                    help="which frame of a multi-frame image becomes the key image (default middle)")
     p.add_argument("--window", action="append", default=[], metavar="MODALITY=CENTER,WIDTH",

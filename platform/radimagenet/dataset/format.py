@@ -144,7 +144,7 @@ def decode_label(data: bytes | str) -> tuple[int, ...]:
 
 def label_text(label_ids: tuple[int, ...] | list[int]) -> str:
     """A sample's labels as the ``cls`` member and the dataset digest write them: ``"3"`` or ``"3,7"``."""
-    return ",".join(str(i) for i in label_ids)
+    return ",".join(map(str, label_ids))
 
 
 LABEL_SEP = "|"  # multi-label: the separator of an image's class names (labels CSV, predictions CSV)

@@ -22,7 +22,6 @@ import hashlib
 import hmac
 import json
 import os
-import pickle
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -61,6 +60,7 @@ from radimagenet.ingest.shards import (
     pickle_rows,
     process_chunk,
     task_options,
+    unpickle_entries,
 )
 from radimagenet.ingest.sources import InputRow, class_list, read_inputs
 from radimagenet.ingest.splits import assign_splits, check_patient_identity, read_split_files
@@ -113,7 +113,7 @@ def run_chunks(chunks: list[list[InputRow]], ctx: Context, workers: int,
     inflight = collections.deque(task.remote(pickle_rows(c), ctx_ref) for c in _take(pending, 2 * workers))
     while inflight:
         refs = inflight.popleft()
-        entries = pickle.loads(get_result(refs[0]))
+        entries = unpickle_entries(get_result(refs[0]))
         inflight.extend(task.remote(pickle_rows(c), ctx_ref) for c in _take(pending, 1))
         yield entries, refs[1:]
 
@@ -134,34 +134,50 @@ class _State:
 
     first_of_key: dict[str, tuple[str, str]]  # key -> (source pseudonym, split) of the written copy
     split_of_patient: dict[str, str]
-    lines: dict[int, dict[str, Any]]  # input index -> report line
-    rejected: int = 0  # rejects so far (the progress bar's count, kept O(1) per chunk)
+    lines: dict[int, str]  # input index -> its report line (report_line's text)
+    status: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # of the lines
+    reasons: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # of the rejects
     dropped: dict[int, tuple[str, ...]] = dataclasses.field(default_factory=dict)  # written index -> fields
+
+    @property
+    def rejected(self) -> int:
+        """Rejects so far (the progress bar's count, O(1) per chunk)."""
+        return self.status["rejected"]
 
     def handle(self, res: Sample | Entry | Reject) -> bool:
         """Account for one result, in input order; True when it is to be written."""
         if isinstance(res, Reject):
-            self.lines[res.index] = _line(res.source, "rejected", reason=f"{res.reason}: {res.detail}")
-            self.rejected += 1
+            self._other(res.index, _line(res.source, "rejected", reason=f"{res.reason}: {res.detail}"))
             return False
         key, split = res.key, res.split
         if key in self.first_of_key:
             source, split = self.first_of_key[key]
-            self.lines[res.index] = _line(res.source, "duplicate", key=key, split=split, duplicate_of=source)
+            self._other(res.index, _line(res.source, "duplicate", key=key, split=split, duplicate_of=source))
             return False
         known = self.split_of_patient.setdefault(res.patient, split)
         if known != split:
             reason = f"split_conflict: this patient is already in {known!r}, this input is given {split!r}"
-            self.lines[res.index] = _line(res.source, "rejected", reason=reason)
-            self.rejected += 1
+            self._other(res.index, _line(res.source, "rejected", reason=reason))
             return False
         dropped = getattr(res, "dropped", ())
         if dropped:  # before write: a full shard is journaled (with these) from the writer's thread
             self.dropped[res.index] = dropped
-        self.first_of_key[key] = (res.source, split)
-        self.lines[res.index] = {"source": res.source, "status": "written", "key": key, "split": split,  # = _line
-                                 "reason": None, "duplicate_of": None}
+        self.written(res.index, res.source, key, split)
         return True
+
+    def written(self, index: int, source: str, key: str, split: str) -> None:
+        """The line of a written input: ``report_line(_line(source, "written", key, split))``, 2x faster."""
+        self.first_of_key[key] = (source, split)
+        j = _json_str
+        self.lines[index] = (f'{{"source": {j(source)}, "status": "written", "key": {j(key)}, "split": {j(split)}, '
+                             f'"reason": null, "duplicate_of": null}}\n')
+        self.status["written"] += 1
+
+    def _other(self, index: int, line: dict[str, Any]) -> None:
+        self.lines[index] = report_line(line)
+        self.status[line["status"]] += 1
+        if line["status"] == "rejected":
+            self.reasons[line["reason"].split(":")[0]] += 1
 
 
 def _line(source: str, status: str, key=None, split=None, reason=None, duplicate_of=None) -> dict:
@@ -184,8 +200,8 @@ def report_line(line: dict) -> str:
 def dataset_digest(records: list[ShardRecord], cfg: IngestConfig) -> str:
     """SHA-256 over the sorted (split, key, label_id) triples, image size and encoding (unlabeled: the
     third field is empty)."""
-    triples = sorted((r.split, m["key"], label_text(member_label_ids(m)))
-                     for r in records for m in r.members)
+    texts = {ids: label_text(ids) for ids in {member_label_ids(m) for r in records for m in r.members}}
+    triples = sorted((r.split, m["key"], texts[member_label_ids(m)]) for r in records for m in r.members)
     h = hashlib.sha256(f"{cfg.image_size}:{cfg.encoding}\n".encode())
     h.update("".join(f"{t[0]}\t{t[1]}\t{t[2]}\n" for t in triples).encode())  # one update: the same hash
     return "sha256:" + h.hexdigest()
@@ -205,25 +221,26 @@ def software_versions() -> dict[str, str]:
 
 
 def build_manifest(cfg: IngestConfig, classes: list[str], records: list[ShardRecord],
-                   lines: list[dict], fingerprint: dict, has_masks: bool, *,
+                   status: dict[str, int], reasons: dict[str, int], fingerprint: dict, has_masks: bool, *,
                    origin: dict[str, Any] | None = None, dropped_fields: dict[str, int] | None = None,
                    ) -> dict:
-    """The completion record of a dataset (see docs/design.md). ``origin``: the pseudonyms of SOURCE,
+    """The completion record of a dataset (see docs/design.md). ``status``: the report lines per status
+    (written, rejected, duplicate), ``reasons``: the rejects per reason. ``origin``: the pseudonyms of SOURCE,
     the labels file and the split files (never their paths); ``dropped_fields``: field -> samples whose
     value did not fit. ``split_unit``: ``image`` when some written sample was its own patient."""
     splits: dict[str, Any] = {}
     for split in SPLITS:
         recs = [r for r in records if r.split == split]
-        counts = collections.Counter(classes[i] for r in recs for m in r.members
-                                     for i in member_label_ids(m))
+        counts: collections.Counter = collections.Counter()
+        for ids, n in collections.Counter(map(member_label_ids, (m for r in recs for m in r.members))).items():
+            for i in ids:  # per distinct label set, not per sample
+                counts[classes[i]] += n
         splits[split] = {
             "samples": sum(r.samples for r in recs),
             "classes": {c: counts.get(c, 0) for c in classes},
             "patients": len({m["patient"] for r in recs for m in r.members}),
             "shards": [r.manifest_entry() for r in recs],
         }
-    status = collections.Counter(line["status"] for line in lines)
-    reasons = collections.Counter(line["reason"].split(":")[0] for line in lines if line["status"] == "rejected")
     sources = (m.get("patient_source", "") for r in records for m in r.members)
     unit = "image" if cfg.split_unit == "image" else split_unit_of(sources)
     return {
@@ -240,7 +257,7 @@ def build_manifest(cfg: IngestConfig, classes: list[str], records: list[ShardRec
         "split_unit": unit,
         "splits": splits,
         "counts": {
-            "inputs": len(lines),
+            "inputs": sum(status.values()),
             "written": status.get("written", 0),
             "rejected": status.get("rejected", 0),
             "duplicates": status.get("duplicate", 0),
@@ -324,9 +341,8 @@ def _write(cfg: IngestConfig, rows: list[InputRow], classes: list[str], secret: 
     state.dropped.update((i, tuple(fields)) for i, fields in dropped.items())
     for rec in done:
         for m in rec.members:
-            state.first_of_key[m["key"]] = (m["source"], rec.split)
             state.split_of_patient[m["patient"]] = rec.split
-            state.lines[m["index"]] = _line(m["source"], "written", key=m["key"], split=rec.split)
+            state.written(m["index"], m["source"], m["key"], rec.split)
     records = list(done)
     pending = [r for r in rows if r.index not in state.lines]
     first = {s: 1 + max((r.index for r in done if r.split == s), default=-1) for s in SPLITS}
@@ -352,14 +368,13 @@ def _write(cfg: IngestConfig, rows: list[InputRow], classes: list[str], secret: 
             raise
         finally:
             bar.close()
-    lines = [state.lines[r.index] for r in rows]
     records.sort(key=lambda r: (SPLITS.index(r.split), r.index))
     held.check()
     remove_orphans(out, records)
-    report = "".join(map(report_line, lines)).encode()
+    report = "".join([state.lines[r.index] for r in rows]).encode()
     storage.write_bytes(out.join("report.jsonl"), report, "application/x-ndjson")
     dropped_fields = count_dropped(state.dropped.get(m["index"], ()) for r in records for m in r.members)
-    manifest = build_manifest(cfg, classes, records, lines, fingerprint, has_masks, origin=origin,
+    manifest = build_manifest(cfg, classes, records, state.status, state.reasons, fingerprint, has_masks, origin=origin,
                               dropped_fields=dropped_fields)
     held.check()
     storage.write_json(manifest_uri(str(out)), manifest)
