@@ -66,6 +66,26 @@ def test_rows_and_entries_cross_to_and_from_tasks_as_columns_and_come_back_whole
     assert unpickle_entries(pickle_entries([])) == []
 
 
+def test_the_heap_is_frozen_during_an_ingest_only_and_a_callers_freeze_is_kept():
+    import gc
+
+    from radimagenet.ingest.shards import frozen_heap
+
+    gc.unfreeze()
+    with frozen_heap():
+        assert gc.get_freeze_count() > 0  # what existed before is never walked by the driver's collections
+        made = [[i] for i in range(3)]
+        assert gc.is_tracked(made[0])
+    assert gc.get_freeze_count() == 0
+    gc.freeze()  # a caller that froze its heap itself
+    try:
+        with frozen_heap():
+            pass
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+
+
 def test_ray_tasks_get_larger_chunks_while_every_worker_has_four():
     cfg = lambda **kw: IngestConfig(source="s", out="s3://b/p", **kw)  # noqa: E731
     assert shards_mod.chunk_size(cfg(), 100_000) == 64  # in-process: as given

@@ -18,7 +18,7 @@ from radimagenet.errors import ConfigError
 from radimagenet.ingest import IngestConfig, ingest
 from radimagenet.ingest.decode import REJECT_REASONS
 from radimagenet.ingest.run import fingerprint_of
-from radimagenet.ingest.sources import class_list, read_inputs
+from radimagenet.ingest.sources import InputRow, class_list, read_inputs
 
 SECRET = b"test-secret-0123456789abcdef"
 NEW_REASONS = ("outside_source", "bad_filename", "bad_label")
@@ -101,6 +101,8 @@ def test_folder_scan_does_not_follow_links_out(tree):
     assert rows["CT/a/in.png"].problem is None and rows["CT/a/in.png"].path == str((src / "US/b/2.png").resolve())
     assert rows["CT/a/1.png"].problem is None and rows["US/b/2.png"].label == "US/b"
     assert [r.index for r in read_inputs(str(src), None)] == list(range(7))
+    plain = rows["CT/a/1.png"]  # the scan's fast path: a whole InputRow, the same as one made by name
+    assert type(plain) is InputRow and plain == InputRow(plain.index, "CT/a/1.png", plain.path, "CT/a")
 
 
 def test_a_folder_that_cannot_be_listed_is_a_row(tmp_path, monkeypatch):

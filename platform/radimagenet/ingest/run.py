@@ -56,6 +56,7 @@ from radimagenet.ingest.shards import (
     chunk_size,
     commit_shard,
     connected,
+    frozen_heap,
     get_result,
     pickle_rows,
     process_chunk,
@@ -302,6 +303,7 @@ def _record_sources(cfg: IngestConfig, rows: list[InputRow], secret: bytes, map_
             "split_csv": {s: source_pseudonym(secret, f) for s, f in sorted(split_files.items())}}
 
 
+@frozen_heap()  # collections during the ingest walk only what it made (shards.frozen_heap)
 def ingest(cfg: IngestConfig, secret: bytes, progress: bool | None = None, source_map: Path | None = None) -> dict:
     """Run (or finish) an ingest and return its manifest. The map from the source pseudonyms of the
     report back to paths is written locally to ``source_map`` (default: ``deid.source_map_path``)."""

@@ -265,14 +265,19 @@ def scan_folder(source: Path, unlabeled: bool = False) -> list[InputRow]:
             if _entry_is(entry.is_dir, follow_symlinks=False):
                 subdirs.append(rel)
                 continue
-            if plain and not _entry_is(entry.is_symlink) and _is_utf8(entry.name):  # the common case, fast
-                rows.append(InputRow(len(rows), rel, entry.path, label))
+            name = entry.name
+            if plain and (name.isascii() or _is_utf8(name)) and not _entry_is(entry.is_symlink):  # common, fast
+                rows.append(_plain_row((len(rows), rel, entry.path, label, None, None, None, None)))
                 continue
             row = _folder_entry(len(rows), rel, entry, root, unlabeled)
             if row is not None:
                 rows.append(row)
         stack.extend(reversed(subdirs))
     return rows
+
+
+# InputRow(index, source, path, label) made without the named tuple's Python __new__ (3x faster)
+_plain_row = functools.partial(tuple.__new__, InputRow)
 
 
 def _folder_entry(index: int, rel: str, entry: os.DirEntry, root: str, unlabeled: bool = False) -> InputRow | None:
