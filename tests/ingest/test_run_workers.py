@@ -6,6 +6,7 @@ lease never becomes visible."""
 from __future__ import annotations
 
 import json
+import pickle
 import uuid
 from pathlib import Path
 
@@ -64,6 +65,8 @@ def test_rows_and_entries_cross_to_and_from_tasks_as_columns_and_come_back_whole
     assert back[2].dropped == ("body_part",) and back[2].key == entries[2].key
     assert unpickle_entries(pickle_entries(entries[1::2])) == entries[1::2]  # only rejects
     assert unpickle_entries(pickle_entries([])) == []
+    with pytest.raises(ValueError, match="InputRow: 3 columns crossed from a task, 8 expected"):
+        unpickle_rows(pickle.dumps((("a",), ("b",), ("c",))))  # a worker on another version: not a short row
 
 
 def test_the_heap_is_frozen_during_an_ingest_only_and_a_callers_freeze_is_kept():
@@ -73,17 +76,41 @@ def test_the_heap_is_frozen_during_an_ingest_only_and_a_callers_freeze_is_kept()
 
     gc.unfreeze()
     with frozen_heap():
-        assert gc.get_freeze_count() > 0  # what existed before is never walked by the driver's collections
-        made = [[i] for i in range(3)]
-        assert gc.is_tracked(made[0])
+        frozen = gc.get_freeze_count()
+        assert frozen > 0  # what existed before is never walked by the driver's collections
+        made = [[i] for i in range(1000)]
+        shards_mod.freeze_more()  # e.g. Ray's connection, made after the ingest began
+        assert gc.get_freeze_count() >= frozen + len(made)
     assert gc.get_freeze_count() == 0
-    gc.freeze()  # a caller that froze its heap itself
+    gc.freeze()  # a caller that froze its heap itself: left as it is, nothing more frozen
     try:
+        before = gc.get_freeze_count()
         with frozen_heap():
-            pass
-        assert gc.get_freeze_count() > 0
+            kept = [[i] for i in range(1000)]
+            shards_mod.freeze_more()
+            assert gc.get_freeze_count() == before and gc.is_tracked(kept[0])
+        assert gc.get_freeze_count() == before
     finally:
         gc.unfreeze()
+
+
+def test_an_ingest_runs_with_the_heap_frozen_and_leaves_it_as_it_was(monkeypatch):
+    import gc
+
+    from radimagenet.errors import ConfigError
+    from radimagenet.ingest import run as run_mod
+
+    seen = {}
+
+    def read_inputs(*args, **kwargs):  # the ingest's first step
+        seen["frozen"] = gc.get_freeze_count()
+        raise ConfigError("stop here")
+
+    gc.unfreeze()
+    monkeypatch.setattr(run_mod, "read_inputs", read_inputs)
+    with pytest.raises(ConfigError, match="stop here"):
+        ingest(IngestConfig(source="s", out="s3://b/p"), SECRET)
+    assert seen["frozen"] > 0 and gc.get_freeze_count() == 0
 
 
 def test_ray_tasks_get_larger_chunks_while_every_worker_has_four():
@@ -94,6 +121,7 @@ def test_ray_tasks_get_larger_chunks_while_every_worker_has_four():
     assert shards_mod.chunk_size(cfg(workers=64), 1_350_000) == shards_mod.max_chunk(224) == 1337
     assert shards_mod.chunk_size(cfg(workers=64, image_size=512), 1_350_000) == 256  # 64 MiB of samples
     assert shards_mod.chunk_size(cfg(workers=64, image_size=4096), 1_350_000) == 64  # never below 64
+    assert shards_mod.chunk_size(cfg(workers=64, image_size=64), 1_350_000) == 2048  # nor above 2,048
 
 
 # --- against the stack -----------------------------------------------------------------------------
@@ -154,7 +182,7 @@ def test_one_or_three_workers_write_identical_shards(stack_env, corpus, serial, 
 
 @pytest.mark.integration
 def test_an_interrupted_parallel_ingest_resumes_on_another_worker_count(stack_env, corpus, serial, monkeypatch):
-    manifest, _ = serial
+    manifest, serial_out = serial
     out = _prefix("workers-resume")
     real, calls = shards_mod.journal_shard, {"n": 0}
 
@@ -172,6 +200,8 @@ def test_an_interrupted_parallel_ingest_resumes_on_another_worker_count(stack_en
     assert journaled and not storage.exists(out + "/manifest.json")
     resumed = _ingest(corpus, out, workers=3, chunk_size=6)
     assert resumed["digest"] == manifest["digest"] and resumed["counts"] == manifest["counts"]
+    report = storage.read_bytes(out + "/report.jsonl")  # the journaled inputs' lines too, byte for byte
+    assert report == storage.read_bytes(serial_out + "/report.jsonl")
     assert verify(resumed) == []
     listed = {sh["url"] for s in resumed["splits"].values() for sh in s["shards"]}
     assert {u for u in storage.list_keys(out) if u.endswith(".tar")} == listed  # the unjournaled one is gone

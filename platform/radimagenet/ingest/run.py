@@ -56,6 +56,7 @@ from radimagenet.ingest.shards import (
     chunk_size,
     commit_shard,
     connected,
+    freeze_more,
     frozen_heap,
     get_result,
     pickle_rows,
@@ -352,6 +353,7 @@ def _write(cfg: IngestConfig, rows: list[InputRow], classes: list[str], secret: 
     bar = _progress(len(rows), len(rows) - len(pending), progress)
     with connected(cfg.workers):
         options = task_options()
+        freeze_more()  # Ray's connection and the S3 client: made after ingest() froze the heap
         shards = (LocalShards(out, cfg.encoding, cfg.shard_size, first, commit) if cfg.workers == 1 else
                   RayShards(out, cfg.encoding, cfg.shard_size, first, commit, cfg.workers, options))
         try:

@@ -83,8 +83,10 @@ def _columns(items: list[tuple]) -> tuple[tuple, ...]:
     return tuple(zip(*items, strict=True))
 
 
-def _rebuild(cls: type, columns: tuple[tuple, ...]) -> list:
+def _rebuild(cls: Any, columns: tuple[tuple, ...]) -> list:
     """``cls`` named tuples from ``_columns``, made without their Python ``__new__`` (3x faster)."""
+    if columns and len(columns) != len(cls._fields):  # e.g. a worker on another version of the package
+        raise ValueError(f"{cls.__name__}: {len(columns)} columns crossed from a task, {len(cls._fields)} expected")
     return list(map(functools.partial(tuple.__new__, cls), zip(*columns, strict=True)))
 
 
@@ -251,8 +253,9 @@ MAX_CHUNK_BYTES = 64 * 1024 * 1024  # image bytes per Ray task at most: its samp
 
 def max_chunk(image_size: int) -> int:
     """Files per Ray task at most: ``MAX_CHUNK_BYTES`` of 8-bit images of ``image_size`` (npy, the
-    largest encoding; 1,337 files at 224 px, 256 at 512 px), and at least 64."""
-    return max(64, MAX_CHUNK_BYTES // (image_size * image_size))
+    largest encoding; 1,337 files at 224 px, 256 at 512 px), at least 64 and at most 2,048 (a task's
+    time grows with its files, whatever their output size)."""
+    return min(2048, max(64, MAX_CHUNK_BYTES // (image_size * image_size)))
 
 
 def chunk_size(cfg: IngestConfig, pending: int) -> int:
@@ -279,19 +282,31 @@ def commit_shard(held: lease.Lease, out: S3Uri, dropped: dict[int, tuple[str, ..
     records.append(record)
 
 
+_FROZE = {"heap": False}  # whether a frozen_heap() in effect froze the heap itself
+
+
 @contextlib.contextmanager
 def frozen_heap() -> Iterator[None]:
-    """The objects that exist now (imports, Ray, boto3: ~100,000) left out of garbage collection until
-    the end: a full collection walks them all (30-80 ms of the driver's CPU here), and the records an
-    ingest makes trigger full collections. Objects made inside are collected as usual. A heap the
-    caller froze stays frozen."""
-    already = gc.get_freeze_count()
+    """The objects that exist now (imports; with :func:`freeze_more`, Ray's and the S3 client's too:
+    ~100,000) left out of garbage collection until the end: a full collection walks them all (30-85 ms
+    of the driver's CPU here), and the records an ingest makes trigger full collections. Objects made
+    inside are collected as usual. A heap frozen before (by the caller) is left as it is."""
+    if gc.get_freeze_count():
+        yield
+        return
     gc.freeze()
+    _FROZE["heap"] = True
     try:
         yield
     finally:
-        if not already:
-            gc.unfreeze()
+        _FROZE["heap"] = False
+        gc.unfreeze()
+
+
+def freeze_more() -> None:
+    """Inside a :func:`frozen_heap` that froze the heap: the objects made since join it."""
+    if _FROZE["heap"]:
+        gc.freeze()
 
 
 def connected(workers: int) -> Any:

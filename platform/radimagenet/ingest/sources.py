@@ -55,7 +55,7 @@ _JOINERS = frozenset("\u200c\u200d")  # zero-width (non-)joiner: part of correct
 
 class InputRow(NamedTuple):
     """One input: a file (and its row in labels.csv, if any). A named tuple, not a frozen dataclass:
-    made 10x faster (the scan of a large folder) and pickled as one tuple (to the Ray tasks)."""
+    made 10x faster (the scan of a large folder); rows cross to the Ray tasks as columns (``shards.pickle_rows``)."""
 
     index: int
     source: str  # the path as given (CSV cell, or the path relative to SOURCE; non-UTF-8 bytes escaped)
