@@ -107,7 +107,8 @@ def pickle_entries(entries: list[Entry | Reject]) -> bytes:
 
 
 def unpickle_entries(data: bytes) -> list[Entry | Reject]:
-    """The entries and rejects of ``pickle_entries``, in input order (0.4 against 1.1 us per entry)."""
+    """The entries and rejects of ``pickle_entries``, in input order (0.4 against 1.1 us per entry):
+    sorted by row index, which ascends in input order (every row source numbers rows as it reads them)."""
     columns, rejects = pickle.loads(data)
     entries = _rebuild(Entry, columns)
     return sorted(entries + rejects, key=operator.attrgetter("index")) if rejects else entries
