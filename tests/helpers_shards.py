@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from radimagenet.dataset.format import FORMAT, manifest_uri, shard_name
-from radimagenet.io import storage
+from radimagenet.io import storage, upload
 
 ImageFn = Callable[[str, int, int], np.ndarray]
 PatientFn = Callable[[str, int], str]
@@ -120,7 +120,7 @@ def write_test_dataset(
                     keys.append((split, key, label))
                     index += 1
             data = buf.getvalue()
-            with storage.S3Writer(url) as w:
+            with upload.S3Writer(url) as w:
                 w.write(data)
             shards.append({"url": url, "samples": size, "bytes": len(data),
                            "sha256": hashlib.sha256(data).hexdigest()})

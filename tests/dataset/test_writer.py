@@ -13,7 +13,7 @@ import pytest
 from radimagenet.dataset.format import Sample
 from radimagenet.dataset.writer import ShardRecord, ShardWriter
 from radimagenet.errors import StorageError
-from radimagenet.io import storage
+from radimagenet.io import storage, upload
 
 pytestmark = pytest.mark.integration
 
@@ -83,7 +83,7 @@ def test_s3_writer_multipart_keeps_every_byte_in_order(stack_env):
     uri = prefix().join("big.bin")
     chunks = [bytes([i % 256]) * (700_000 + i) for i in range(20)]  # ~14 MB: 2 full parts + a tail
     reused = bytearray(b"x" * 1000)
-    with storage.S3Writer(uri, part_size=5 * 1024 * 1024) as out:
+    with upload.S3Writer(uri, part_size=5 * 1024 * 1024) as out:
         for i, chunk in enumerate(chunks):
             out.write(chunk if i % 3 == 0 else bytearray(chunk) if i % 3 == 1 else memoryview(chunk))
             out.write(reused)

@@ -149,9 +149,8 @@ def test_driver_state_counts_rejects_as_it_goes():
                sample(2, "k0", "p2", "val"),  # duplicate of 0
                sample(3, "k3", "p1", "test"),  # split conflict: p1 is in train
                sample(4, "k4", "p2", "val"), Reject(5, "5.dcm", "truncated", "cut")]
-    for res in results:
-        if state.handle(res):  # True: to be written (the driver plans it into a shard)
-            writers[res.split].write(res)
+    for res in state.accept(results[:3]) + state.accept(results[3:]):  # to be written: the driver plans them
+        writers[res.split].write(res)
     statuses = collections.Counter(json.loads(line)["status"] for line in state.lines.values())
     assert state.rejected == statuses["rejected"] == 3
     assert statuses == state.status == {"written": 2, "duplicate": 1, "rejected": 3}
@@ -265,9 +264,8 @@ def test_driver_state_keeps_dropped_fields_of_written_samples():
         return Processed(index=i, source=f"src-{i}", key=key, split="train", patient="p", label_id=0, image=b"",
                          meta=b"{}", dropped=dropped)
 
-    for res in (sample(0, "k0", ("body_part",)), sample(1, "k0", ("body_part",)), sample(2, "k2"),
-                sample(3, "k3", ("modality", "body_part"))):
-        state.handle(res)
+    state.accept([sample(0, "k0", ("body_part",)), sample(1, "k0", ("body_part",)), sample(2, "k2"),
+                  sample(3, "k3", ("modality", "body_part"))])
     assert state.dropped == {0: ("body_part",), 3: ("modality", "body_part")}  # not the duplicate's
     assert json.loads(state.lines[1])["duplicate_of"] == "src-0"
     assert count_dropped(state.dropped.values()) == {"body_part": 2, "modality": 1}

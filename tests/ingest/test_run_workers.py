@@ -5,7 +5,7 @@ lease never becomes visible."""
 
 from __future__ import annotations
 
-import json
+import collections
 import pickle
 import uuid
 from pathlib import Path
@@ -21,8 +21,8 @@ from radimagenet.ingest import IngestConfig, ingest
 from radimagenet.ingest import shards as shards_mod
 from radimagenet.ingest.process import Processed, Reject
 from radimagenet.ingest.shards import Entry, RayShards, commit_shard, split_chunk, write_shard
-from radimagenet.ingest.target import journal_body
-from radimagenet.io import lease, storage
+from radimagenet.ingest.target import load_journal
+from radimagenet.io import lease, storage, upload
 from radimagenet.ops.synth import synthesize
 
 SECRET = b"test-secret-0123456789abcdef"
@@ -49,6 +49,54 @@ def test_entries_carry_no_bytes_and_plan_by_the_exact_tar_size():
                 assert entry.size == len(encode_sample(sample, encoding)) == encoded_size(sample, encoding)
                 assert not any(isinstance(v, bytes) for v in entry)
         assert entries[2].dropped == ("body_part",)
+
+
+def test_the_plan_closes_each_shard_after_the_entry_that_fills_it_whatever_the_chunks():
+    """RayShards plans a chunk per split at once; each shard must still close after the first entry that
+    takes it to the target size, as a step per entry would, with the same (part, slot) picks."""
+    import random
+
+    rng = random.Random(0)
+    entries = [Entry(i, f"src-{i}", f"{i:032x}", rng.choice(["train", "train", "val", "test"]), "p", 0,
+                     rng.choice([0, 1, 300, 700, 1000, 2500])) for i in range(400)]
+    for target in (1, 1000, 2500, 7000, 10**9):
+        expected: dict[str, list[list[tuple[int, int]]]] = {s: [[]] for s in ("train", "val", "test")}
+        size = dict.fromkeys(expected, 0)
+        submitted: list[tuple[str, int, list[tuple[int, int]]]] = []
+
+        class Task:  # stands in for the Ray task: records what would be submitted
+            def __init__(self, into: list):
+                self.into = into
+
+            def remote(self, out, split, index, encoding, picks, *refs):
+                self.into.append((split, index, [(refs[p], slot) for p, slot in picks.tolist()]))
+
+        shards = RayShards(storage.parse_uri("s3://b/d"), "npy", target, {"train": 0, "val": 5, "test": 0},
+                           lambda *a: None, 10**6, {})
+        shards.task = Task(submitted)
+        start = 0
+        for chunk_no, size_of_chunk in enumerate(rng.choices([1, 3, 17, 60], k=100)):
+            chunk = entries[start : start + size_of_chunk]
+            start += size_of_chunk
+            slots = collections.Counter()
+            planned = []
+            for e in chunk:  # slots count every entry of the chunk; the driver drops some (duplicates)
+                e = e._replace(slot=slots[e.split])
+                slots[e.split] += 1
+                if e.index % 7:
+                    planned.append(e)
+            for e in planned:  # the reference: a step per entry
+                expected[e.split][-1].append((f"{chunk_no}-{e.split}", e.slot))
+                size[e.split] += e.size
+                if size[e.split] >= target:
+                    size[e.split] = 0
+                    expected[e.split].append([])
+            shards.add(planned, [f"{chunk_no}-{s}" for s in ("train", "val", "test")])
+        for split in ("train", "val", "test"):
+            shards._submit(split)
+            first = 5 if split == "val" else 0
+            mine = [(index, picks) for s, index, picks in submitted if s == split]
+            assert mine == [(first + i, picks) for i, picks in enumerate(p for p in expected[split] if p)], target
 
 
 def test_rows_and_entries_cross_to_and_from_tasks_as_columns_and_come_back_whole():
@@ -161,9 +209,9 @@ def test_one_or_three_workers_write_identical_shards(stack_env, corpus, serial, 
     added: list[tuple[type, type]] = []
     real_add = RayShards.add
 
-    def add(self, entry, parts):  # what the driver handles: an entry and object refs, never a sample
-        added.append((type(entry), type(parts[0])))
-        real_add(self, entry, parts)
+    def add(self, entries, parts):  # what the driver handles: entries and object refs, never a sample
+        added.extend((type(entry), type(parts[0])) for entry in entries)
+        real_add(self, entries, parts)
 
     monkeypatch.setattr(RayShards, "add", add)
     assert manifest["counts"]["duplicates"] >= 2 and manifest["counts"]["rejected"] >= 2
@@ -184,20 +232,24 @@ def test_one_or_three_workers_write_identical_shards(stack_env, corpus, serial, 
 def test_an_interrupted_parallel_ingest_resumes_on_another_worker_count(stack_env, corpus, serial, monkeypatch):
     manifest, serial_out = serial
     out = _prefix("workers-resume")
-    real, calls = shards_mod.journal_shard, {"n": 0}
+    real, calls = upload.complete_upload, {"n": 0}
 
-    def crash_on_third(prefix, record, body):  # the shard is complete (visible) but not journaled
+    def crash_on_third(staged):  # the third shard is journaled (by its task) but never made visible
         calls["n"] += 1
         if calls["n"] == 3:
             raise RuntimeError("simulated crash")
-        real(prefix, record, body)
+        real(staged)
 
-    monkeypatch.setattr(shards_mod, "journal_shard", crash_on_third)
+    monkeypatch.setattr(upload, "complete_upload", crash_on_third)
     with pytest.raises(RuntimeError, match="simulated crash"):
         _ingest(corpus, out, workers=2, chunk_size=4)
     monkeypatch.undo()
     journaled = [u for u in storage.list_keys(out + "/_journal") if not u.endswith("config.json")]
     assert journaled and not storage.exists(out + "/manifest.json")
+    present = set(storage.list_keys(out))
+    stale = [u for u in journaled if storage.read_json(u)["url"] not in present]
+    assert stale  # a journal record of a shard that never became visible: left out when resuming
+    assert len(load_journal(storage.parse_uri(out))[1]) == len(journaled) - len(stale)
     resumed = _ingest(corpus, out, workers=3, chunk_size=6)
     assert resumed["digest"] == manifest["digest"] and resumed["counts"] == manifest["counts"]
     report = storage.read_bytes(out + "/report.jsonl")  # the journaled inputs' lines too, byte for byte
@@ -220,22 +272,24 @@ def test_a_shard_written_after_the_lease_is_lost_never_becomes_visible(stack_env
     uri = storage.parse_uri(out)
     samples: list[Sample] = [_sample(i, "train", dropped=("body_part",) if i == 1 else ()) for i in range(4)]
     held = lease.acquire(lease.lease_uri(out), purpose="ingest")
-    records: list = []
+    tallies: list = []
 
-    # a worker writes shard 0 while the lease is held: invisible until the driver completes it
-    record, staged, body = write_shard(out, "train", 0, "npy", np.array([[0, 0], [0, 1]]), samples)
-    assert not storage.exists(record.url) and staged.upload_id in _uploads(out)
-    assert json.loads(body) == json.loads(journal_body(record, {1: ("body_part",)}))  # made by the task,
-    assert json.loads(body)["dropped_fields"] == {"1": ["body_part"]}  # with its samples' dropped fields
-    commit_shard(held, uri, {}, records, record, staged, body)
-    assert storage.exists(record.url) and records == [record]
-    assert storage.list_keys(out + "/_journal") == [out + "/_journal/train-000000.json"]
+    # a worker writes and journals shard 0 while the lease is held: invisible until the driver completes it
+    shard, staged = write_shard(out, "train", 0, "npy", np.array([[0, 0], [0, 1]]), samples)
+    assert not storage.exists(shard.url) and staged.upload_id in _uploads(out)
+    body = storage.read_json(out + "/_journal/train-000000.json")  # journaled by the task, before completion,
+    assert body["dropped_fields"] == {"1": ["body_part"]} and body["url"] == shard.url  # with dropped fields
+    assert (shard.entry["samples"], shard.dropped, sorted(shard.patients)) == (2, {"body_part": 1}, [_sample(0, "train").patient, _sample(1, "train").patient])
+    assert load_journal(uri)[1] == []  # a journal record counts only once its shard exists
+    commit_shard(held, tallies, shard, staged)
+    assert storage.exists(shard.url) and tallies == [shard]
+    assert [r.url for r in load_journal(uri)[1]] == [shard.url]
 
     # another ingest takes the prefix over; a worker of the first one still finishes shard 1
     lease.acquire(lease.lease_uri(out), purpose="ingest", take_over=True)
-    record, staged, body = write_shard(out, "train", 1, "npy", np.array([[0, 2], [0, 3]]), samples)
+    shard, staged = write_shard(out, "train", 1, "npy", np.array([[0, 2], [0, 3]]), samples)
     held.renew()  # the first driver learns of the loss at its next heartbeat ...
     with pytest.raises(lease.LeaseLost):
-        commit_shard(held, uri, {}, records, record, staged, body)  # ... and completes nothing more
-    assert not storage.exists(record.url) and staged.upload_id not in _uploads(out)
-    assert len(records) == 1 and len(storage.list_keys(out + "/_journal")) == 1
+        commit_shard(held, tallies, shard, staged)  # ... and completes nothing more
+    assert not storage.exists(shard.url) and staged.upload_id not in _uploads(out)
+    assert len(tallies) == 1 and len(load_journal(uri)[1]) == 1  # its journal record counts for nothing

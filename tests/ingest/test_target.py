@@ -18,7 +18,7 @@ from radimagenet.dataset.format import load_manifest
 from radimagenet.dataset.verify import verify
 from radimagenet.errors import ConfigError
 from radimagenet.ingest import IngestConfig, ingest
-from radimagenet.io import lease, storage
+from radimagenet.io import lease, storage, upload
 from radimagenet.ops.synth import synthesize
 
 pytestmark = pytest.mark.integration
@@ -47,26 +47,26 @@ def _uploads(out: str) -> set[str]:
 def test_a_second_ingest_is_refused_and_leaves_the_holders_uploads(stack_env, corpus):
     out = f"s3://radimagenet/tests/lease-ingest-{uuid.uuid4().hex[:8]}"
     other = lease.acquire(lease.lease_uri(out), purpose="ingest")  # another live ingest ...
-    writer = storage.S3Writer(f"{out}/train-000000.tar", part_size=5 * 1024 * 1024)
+    writer = upload.S3Writer(f"{out}/train-000000.tar", part_size=5 * 1024 * 1024)
     writer.write(b"\0" * (5 * 1024 * 1024 + 1))  # ... with a multipart upload in flight
     writer.write(b"\0")
-    upload = writer._upload_id  # noqa: SLF001 - the upload the other holder owns
-    assert upload in _uploads(out)
+    upload_id = writer._upload_id  # noqa: SLF001 - the upload the other holder owns
+    assert upload_id in _uploads(out)
 
     with pytest.raises(ConfigError, match=r"another ingest is writing .* held by .*pid") as err:
         ingest(_cfg(corpus, out), SECRET, progress=False)
     assert other.body["holder"] in str(err.value)
-    assert upload in _uploads(out)  # never aborted by the refused ingest
+    assert upload_id in _uploads(out)  # never aborted by the refused ingest
     assert storage.read_json(lease.lease_uri(out))["lease_id"] == other.body["lease_id"]
 
     manifest = ingest(_cfg(corpus, out, take_over=True), SECRET, progress=False)
     assert manifest["counts"]["inputs"] == 60
-    assert upload in _uploads(out)  # a live holder taken over by the flag aborts its own uploads
+    assert upload_id in _uploads(out)  # a live holder taken over by the flag aborts its own uploads
     other.renew()
     with pytest.raises(lease.LeaseLost):
         other.check()
     writer.abort()
-    assert upload not in _uploads(out)
+    assert upload_id not in _uploads(out)
     assert not storage.exists(lease.lease_uri(out))  # released at the end
     assert verify(load_manifest(out)) == []
 

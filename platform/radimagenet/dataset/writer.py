@@ -24,7 +24,8 @@ from typing import Any
 from radimagenet.dataset.format import UNLABELED, Sample, shard_name
 from radimagenet.dataset.index import write_index
 from radimagenet.dataset.tar import END_OF_ARCHIVE, encode_sample
-from radimagenet.io.storage import S3Uri, S3Writer, Staged
+from radimagenet.io.storage import S3Uri
+from radimagenet.io.upload import S3Writer, Staged
 
 
 @dataclass

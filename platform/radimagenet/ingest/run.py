@@ -1,13 +1,13 @@
 """The ingest driver: under the output prefix's lease (``ingest/target.py``: one writer, the journal,
 pre-flight checks), ordered (serial or Ray-parallel) processing, duplicates, then ``report.jsonl`` and
-``manifest.json``.
+``manifest.json`` (``ingest/manifest.py``).
 
 With Ray workers the driver handles small records only (``ingest/shards.py``): workers decode and keep
 the samples' bytes; the driver takes their entries in input order (duplicates, patient splits, the
-shard plan); shard tasks write and upload the planned shards; the driver completes each upload and
-journals it. Serial and parallel ingests write the same samples to the same shards. A shard is
-journaled (``_journal/``) once its upload completes; a re-run with the same arguments skips every
-input already in a journaled shard.
+shard plan); shard tasks write, upload and journal the planned shards and return a tally of each; the
+driver completes each upload. Serial and parallel ingests write the same samples to the same shards. A
+shard's journal record (``_journal/``) is written before its upload completes and counts once the shard
+exists; a re-run with the same arguments skips every input already in a journaled shard.
 
 Nothing on S3 names a source path: report lines and journal records name an input by its keyed
 pseudonym (``src-...``), and the pseudonym -> path map is written locally, beside the secret.
@@ -24,30 +24,16 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from radimagenet.dataset.format import (
-    FORMAT,
-    SPLITS,
-    Sample,
-    label_text,
-    manifest_uri,
-    member_label_ids,
-    split_unit_of,
-)
+from radimagenet.dataset.format import SPLITS, Sample, manifest_uri
 from radimagenet.dataset.writer import ShardRecord
 from radimagenet.errors import ConfigError
 from radimagenet.ingest import decode
 from radimagenet.ingest.config import IngestConfig
-from radimagenet.ingest.deid import (
-    count_dropped,
-    record_sources,
-    secret_fingerprint,
-    source_map_path,
-    source_pseudonym,
-)
+from radimagenet.ingest.deid import record_sources, secret_fingerprint, source_map_path, source_pseudonym
+from radimagenet.ingest.manifest import build_manifest, tally
 from radimagenet.ingest.process import Context, Reject, process_rows
 from radimagenet.ingest.shards import (
     Entry,
@@ -146,33 +132,38 @@ class _State:
         """Rejects so far (the progress bar's count, O(1) per chunk)."""
         return self.status["rejected"]
 
-    def handle(self, res: Sample | Entry | Reject) -> bool:
-        """Account for one result, in input order; True when it is to be written."""
-        if isinstance(res, Reject):
-            self._other(res.index, _line(res.source, "rejected", reason=f"{res.reason}: {res.detail}"))
-            return False
-        key, split = res.key, res.split
-        if key in self.first_of_key:
-            source, split = self.first_of_key[key]
-            self._other(res.index, _line(res.source, "duplicate", key=key, split=split, duplicate_of=source))
-            return False
-        known = self.split_of_patient.setdefault(res.patient, split)
-        if known != split:
-            reason = f"split_conflict: this patient is already in {known!r}, this input is given {split!r}"
-            self._other(res.index, _line(res.source, "rejected", reason=reason))
-            return False
-        dropped = getattr(res, "dropped", ())
-        if dropped:  # before write: a full shard is journaled (with these) from the writer's thread
-            self.dropped[res.index] = dropped
-        self.written(res.index, res.source, key, split)
-        return True
+    def accept(self, results: list[Sample | Entry | Reject]) -> list[Sample | Entry]:
+        """Account for a chunk's results, in input order; return those to be written (one loop per chunk,
+        its names bound once: two method calls per file cost the driver as much as the rest)."""
+        keep = []
+        first_of_key, split_of_patient, lines, dropped = self.first_of_key, self.split_of_patient, self.lines, self.dropped
+        for res in results:
+            if isinstance(res, Reject):
+                self._other(res.index, _line(res.source, "rejected", reason=f"{res.reason}: {res.detail}"))
+                continue
+            key, split, source = res.key, res.split, res.source
+            if key in first_of_key:
+                first, split = first_of_key[key]
+                self._other(res.index, _line(source, "duplicate", key=key, split=split, duplicate_of=first))
+                continue
+            known = split_of_patient.setdefault(res.patient, split)
+            if known != split:
+                reason = f"split_conflict: this patient is already in {known!r}, this input is given {split!r}"
+                self._other(res.index, _line(source, "rejected", reason=reason))
+                continue
+            fields = getattr(res, "dropped", ())
+            if fields:  # before write: a full shard is journaled (with these) from the writer's thread
+                dropped[res.index] = fields
+            first_of_key[key] = (source, split)
+            lines[res.index] = _written_line(source, key, split)
+            keep.append(res)
+        self.status["written"] += len(keep)
+        return keep
 
     def written(self, index: int, source: str, key: str, split: str) -> None:
-        """The line of a written input: ``report_line(_line(source, "written", key, split))``, 2x faster."""
+        """Account for an input written before (a journaled shard's member)."""
         self.first_of_key[key] = (source, split)
-        j = _json_str
-        self.lines[index] = (f'{{"source": {j(source)}, "status": "written", "key": {j(key)}, "split": {j(split)}, '
-                             f'"reason": null, "duplicate_of": null}}\n')
+        self.lines[index] = _written_line(source, key, split)
         self.status["written"] += 1
 
     def _other(self, index: int, line: dict[str, Any]) -> None:
@@ -180,6 +171,13 @@ class _State:
         self.status[line["status"]] += 1
         if line["status"] == "rejected":
             self.reasons[line["reason"].split(":")[0]] += 1
+
+
+def _written_line(source: str, key: str, split: str) -> str:
+    """``report_line(_line(source, "written", key, split))``, 2x faster."""
+    j = _json_str
+    return (f'{{"source": {j(source)}, "status": "written", "key": {j(key)}, "split": {j(split)}, '
+            f'"reason": null, "duplicate_of": null}}\n')
 
 
 def _line(source: str, status: str, key=None, split=None, reason=None, duplicate_of=None) -> dict:
@@ -195,96 +193,6 @@ def report_line(line: dict) -> str:
     return (f'{{"source": {j(source)}, "status": {j(status)}, "key": {"null" if key is None else j(key)}, '
             f'"split": {"null" if split is None else j(split)}, "reason": {"null" if reason is None else j(reason)}, '
             f'"duplicate_of": {"null" if duplicate_of is None else j(duplicate_of)}}}\n')
-
-
-# --- outputs ---------------------------------------------------------------------------------------
-
-def dataset_digest(records: list[ShardRecord], cfg: IngestConfig) -> str:
-    """SHA-256 over the sorted (split, key, label_id) triples, image size and encoding (unlabeled: the
-    third field is empty)."""
-    texts = {ids: label_text(ids) for ids in {member_label_ids(m) for r in records for m in r.members}}
-    triples = sorted((r.split, m["key"], texts[member_label_ids(m)]) for r in records for m in r.members)
-    h = hashlib.sha256(f"{cfg.image_size}:{cfg.encoding}\n".encode())
-    h.update("".join(f"{t[0]}\t{t[1]}\t{t[2]}\n" for t in triples).encode())  # one update: the same hash
-    return "sha256:" + h.hexdigest()
-
-
-def software_versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {"python": sys.version.split()[0]}
-    for pkg in ("radimagenet", "pydicom", "numpy", "pillow", "pylibjpeg", "pylibjpeg-openjpeg",
-                "pylibjpeg-rle", "pyjpegls", "webdataset", "ray", "rapidocr-onnxruntime", "onnxruntime"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def build_manifest(cfg: IngestConfig, classes: list[str], records: list[ShardRecord],
-                   status: dict[str, int], reasons: dict[str, int], fingerprint: dict, has_masks: bool, *,
-                   origin: dict[str, Any] | None = None, dropped_fields: dict[str, int] | None = None,
-                   ) -> dict:
-    """The completion record of a dataset (see docs/design.md). ``status``: the report lines per status
-    (written, rejected, duplicate), ``reasons``: the rejects per reason. ``origin``: the pseudonyms of SOURCE,
-    the labels file and the split files (never their paths); ``dropped_fields``: field -> samples whose
-    value did not fit. ``split_unit``: ``image`` when some written sample was its own patient."""
-    splits: dict[str, Any] = {}
-    for split in SPLITS:
-        recs = [r for r in records if r.split == split]
-        counts: collections.Counter = collections.Counter()
-        for ids, n in collections.Counter(map(member_label_ids, (m for r in recs for m in r.members))).items():
-            for i in ids:  # per distinct label set, not per sample
-                counts[classes[i]] += n
-        splits[split] = {
-            "samples": sum(r.samples for r in recs),
-            "classes": {c: counts.get(c, 0) for c in classes},
-            "patients": len({m["patient"] for r in recs for m in r.members}),
-            "shards": [r.manifest_entry() for r in recs],
-        }
-    sources = (m.get("patient_source", "") for r in records for m in r.members)
-    unit = "image" if cfg.split_unit == "image" else split_unit_of(sources)
-    return {
-        "format": FORMAT,
-        "uri": cfg.out.rstrip("/"),
-        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "classes": classes,
-        "image_size": cfg.image_size,
-        "channels": 1,
-        "encoding": cfg.encoding,
-        "has_masks": has_masks,
-        "multi_label": cfg.multi_label,
-        "unlabeled": cfg.unlabeled,
-        "split_unit": unit,
-        "splits": splits,
-        "counts": {
-            "inputs": sum(status.values()),
-            "written": status.get("written", 0),
-            "rejected": status.get("rejected", 0),
-            "duplicates": status.get("duplicate", 0),
-            "rejected_by_reason": dict(sorted(reasons.items())),
-            "dropped_fields": dict(dropped_fields or {}),
-            "classes_without_images": [c for c in classes if not any(s["classes"][c] for s in splits.values())],
-        },
-        "digest": dataset_digest(records, cfg),
-        "ingest": {
-            "source": (origin or {}).get("source"),
-            "labels": (origin or {}).get("labels"),
-            "split_csv": (origin or {}).get("split_csv") or {},
-            "image_size": cfg.image_size,
-            "encoding": cfg.encoding,
-            "split_fractions": list(cfg.split_fractions),
-            "shard_size": cfg.shard_size,
-            "multiframe": cfg.multiframe,
-            "windows": {k: list(v) for k, v in cfg.windows.items()},
-            "patient_from": cfg.patient_from,
-            "text_check": cfg.text_check,
-            "secret_fingerprint": fingerprint["secret_fingerprint"],
-            "inputs_sha256": fingerprint["inputs_sha256"],
-        },
-        "versions": software_versions(),
-    }
 
 
 # --- the driver ------------------------------------------------------------------------------------
@@ -346,23 +254,21 @@ def _write(cfg: IngestConfig, rows: list[InputRow], classes: list[str], secret: 
         for m in rec.members:
             state.split_of_patient[m["patient"]] = rec.split
             state.written(m["index"], m["source"], m["key"], rec.split)
-    records = list(done)
+    tallies = [tally(rec, state.dropped) for rec in done]
     pending = [r for r in rows if r.index not in state.lines]
     first = {s: 1 + max((r.index for r in done if r.split == s), default=-1) for s in SPLITS}
-    commit = functools.partial(commit_shard, held, out, state.dropped, records)
+    commit = functools.partial(commit_shard, held, tallies)
     bar = _progress(len(rows), len(rows) - len(pending), progress)
     with connected(cfg.workers):
         options = task_options()
         freeze_more()  # Ray's connection and the S3 client: made after ingest() froze the heap
-        shards = (LocalShards(out, cfg.encoding, cfg.shard_size, first, commit) if cfg.workers == 1 else
-                  RayShards(out, cfg.encoding, cfg.shard_size, first, commit, cfg.workers, options))
+        shards = (LocalShards(out, cfg.encoding, cfg.shard_size, first, commit, state.dropped) if cfg.workers == 1
+                  else RayShards(out, cfg.encoding, cfg.shard_size, first, commit, cfg.workers, options))
         try:
             chunks = _chunks(pending, chunk_size(cfg, len(pending)))
             for results, parts in run_chunks(chunks, ctx, cfg.workers, options):
                 held.check()  # a writer whose lease was taken over stops here, aborting its own uploads
-                for res in results:
-                    if state.handle(res):
-                        shards.add(res, parts)
+                shards.add(state.accept(results), parts)
                 shards.poll()
                 bar.update(len(results))
                 bar.set_postfix(rejected=state.rejected)
@@ -372,14 +278,11 @@ def _write(cfg: IngestConfig, rows: list[InputRow], classes: list[str], secret: 
             raise
         finally:
             bar.close()
-    records.sort(key=lambda r: (SPLITS.index(r.split), r.index))
     held.check()
-    remove_orphans(out, records)
+    remove_orphans(out, [t.url for t in tallies])
     report = "".join([state.lines[r.index] for r in rows]).encode()
     storage.write_bytes(out.join("report.jsonl"), report, "application/x-ndjson")
-    dropped_fields = count_dropped(state.dropped.get(m["index"], ()) for r in records for m in r.members)
-    manifest = build_manifest(cfg, classes, records, state.status, state.reasons, fingerprint, has_masks, origin=origin,
-                              dropped_fields=dropped_fields)
+    manifest = build_manifest(cfg, classes, tallies, state.status, state.reasons, fingerprint, has_masks, origin=origin)
     held.check()
     storage.write_json(manifest_uri(str(out)), manifest)
     clear_journal(out)

@@ -2,22 +2,26 @@
 the driver sees (:class:`Entry`), the samples' bytes kept where they were made (one part per split of
 each chunk, in Ray's object store), the shard plan, and the task that writes one planned shard.
 
-    entries, *parts = process_chunk(pickle_rows(rows), ctx)              # phase 1 (a Ray task)
-    record, staged, body = write_shard(out, "train", 3, "npy", picks, *parts)  # phase 2 (a Ray task)
-    commit_shard(held, out, dropped, records, record, staged, body)           # the driver, under the lease
+    entries, *parts = process_chunk(pickle_rows(rows), ctx)         # phase 1 (a Ray task)
+    tally, staged = write_shard(out, "train", 3, "npy", picks, *parts)  # phase 2 (a Ray task)
+    commit_shard(held, tallies, tally, staged)                          # the driver, under the lease
 
 The driver decides every shard's members from the entries alone (their tar sizes: a shard closes after
 the sample that takes it to ``--shard-size``), in input order, so a shard's contents depend neither on
 the number of workers nor on the order tasks finish in. Workers upload; only the driver, holding the
-prefix's lease, completes an upload (makes a shard visible), then journals it. ``LocalShards`` runs the
-same plan in-process (``--workers 1``), ``RayShards`` with Ray tasks.
+prefix's lease, completes an upload (makes a shard visible). A shard is journaled before its upload
+completes: its journal record counts only once the shard exists (``target.load_journal``). The driver
+sees a shard's tally (``ingest/manifest.py``), never its members. ``LocalShards`` runs the same plan
+in-process (``--workers 1``), ``RayShards`` with Ray tasks.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
 import gc
+import itertools
 import operator
 import pickle
 import sys
@@ -30,16 +34,17 @@ from radimagenet.dataset.format import SPLITS, Sample
 from radimagenet.dataset.tar import encoded_size
 from radimagenet.dataset.writer import ShardRecord, ShardWriter
 from radimagenet.ingest.config import IngestConfig
+from radimagenet.ingest.manifest import ShardTally, tally
 from radimagenet.ingest.process import Context, Reject, process_rows
 from radimagenet.ingest.sources import InputRow
 from radimagenet.ingest.target import journal_body, journal_shard
-from radimagenet.io import cluster, lease, storage
-from radimagenet.io.storage import S3Uri, Staged
+from radimagenet.io import cluster, lease, storage, upload
+from radimagenet.io.storage import S3Uri
+from radimagenet.io.upload import Staged
 
 NEVER = sys.maxsize  # a ShardWriter's own target: the plan, not the writer, closes shards
 SPLIT_POS = {s: i for i, s in enumerate(SPLITS)}
-Commit = Callable[[ShardRecord, Staged, bytes | None], None]  # the driver's: complete the upload, journal
-# the shard (bytes: its journal record, made by the shard's task; None: the driver makes it)
+Commit = Callable[[ShardTally, Staged], None]  # the driver's: complete a journaled shard's upload
 
 
 class Entry(NamedTuple):
@@ -115,11 +120,12 @@ def unpickle_entries(data: bytes) -> list[Entry | Reject]:
 
 
 def write_shard(out: str, split: str, index: int, encoding: str, picks: np.ndarray,
-                *parts: list[Sample]) -> tuple[ShardRecord, Staged, bytes]:
-    """Phase 2: write shard ``index`` of ``split`` from ``(part, slot)`` picks (rows), in order, and upload
-    it without completing the upload (the driver does, under the lease); return its record, the staged
-    upload and its journal record (``target.journal_body``). On error nothing is left."""
-    writer = ShardWriter(storage.parse_uri(out), split, encoding, NEVER, index, stage=True)
+                *parts: list[Sample]) -> tuple[ShardTally, Staged]:
+    """Phase 2: write shard ``index`` of ``split`` from ``(part, slot)`` picks (rows), in order, upload it
+    without completing the upload (the driver does, under the lease) and journal it; return its tally
+    and the staged upload. On error nothing is left but, at most, a journal record of no shard."""
+    uri = storage.parse_uri(out)
+    writer = ShardWriter(uri, split, encoding, NEVER, index, stage=True)
     dropped: dict[int, tuple[str, ...]] = {}
     try:
         with writer:
@@ -128,33 +134,43 @@ def write_shard(out: str, split: str, index: int, encoding: str, picks: np.ndarr
                 writer.write(sample)
                 if getattr(sample, "dropped", ()):
                     dropped[sample.index] = sample.dropped
+        record = writer.records[0]
+        journal_shard(uri, record, journal_body(record, dropped))
     except BaseException:
         for staged in writer.staged.values():
-            storage.abort_upload(staged)
+            upload.abort_upload(staged)
         raise
-    record = writer.records[0]
-    return record, writer.staged[index], journal_body(record, dropped)
+    return tally(record, dropped), writer.staged[index]
 
 
 class LocalShards:
     """Shards written by this process (``--workers 1``): each sample streams into its split's writer,
     which closes a shard when the plan says so; ``commit`` runs on the writer's thread."""
 
-    def __init__(self, out: S3Uri, encoding: str, target: int, first: dict[str, int], commit: Commit):
-        self.encoding, self.target, self.commit = encoding, target, commit
+    def __init__(self, out: S3Uri, encoding: str, target: int, first: dict[str, int], commit: Commit,
+                 dropped: dict[int, tuple[str, ...]]):
+        self.out, self.encoding, self.target, self.commit = out, encoding, target, commit
+        self.dropped = dropped  # input index -> dropped fields (the driver's, filled before each write)
         self.size = dict.fromkeys(SPLITS, 0)
         self.writers = {s: ShardWriter(out, s, encoding, NEVER, first[s], self._staged, stage=True) for s in SPLITS}
 
     def _staged(self, record: ShardRecord) -> None:
-        self.commit(record, self.writers[record.split].staged.pop(record.index), None)
+        staged = self.writers[record.split].staged.pop(record.index)
+        try:
+            journal_shard(self.out, record, journal_body(record, self.dropped))
+        except BaseException:
+            upload.abort_upload(staged)
+            raise
+        self.commit(tally(record, self.dropped), staged)
 
-    def add(self, sample: Sample, parts: Any = None) -> None:
-        """Write ``sample`` into its split's open shard (``parts``: unused here)."""
-        self.writers[sample.split].write(sample)
-        self.size[sample.split] += encoded_size(sample, self.encoding)
-        if self.size[sample.split] >= self.target:
-            self.size[sample.split] = 0
-            self.writers[sample.split].finish_shard()
+    def add(self, samples: list[Sample], parts: Any = None) -> None:
+        """Write ``samples`` (in input order) into their splits' open shards (``parts``: unused here)."""
+        for sample in samples:
+            self.writers[sample.split].write(sample)
+            self.size[sample.split] += encoded_size(sample, self.encoding)
+            if self.size[sample.split] >= self.target:
+                self.size[sample.split] = 0
+                self.writers[sample.split].finish_shard()
 
     def poll(self) -> None:
         """Nothing to collect: the writers' threads commit."""
@@ -183,31 +199,49 @@ class RayShards:
         self.out, self.encoding, self.target, self.commit = str(out), encoding, target, commit
         self.task = ray.remote(write_shard).options(num_cpus=1, max_retries=3, **options)
         self.refs: dict[str, list[Any]] = {s: [] for s in SPLITS}  # the parts the open shard picks from
-        self.picks: dict[str, list[int]] = {s: [] for s in SPLITS}  # flat (part, slot) pairs, in order
+        self.picks: dict[str, list[tuple[int, list[int]]]] = {s: [] for s in SPLITS}  # (part, its slots), in order
         self.size = dict.fromkeys(SPLITS, 0)
         self.next_index = dict(first)
         self.pending: list[Any] = []  # refs of the shard tasks not yet committed
         self.max_pending = max(2, max_pending)
 
-    def add(self, entry: Entry, parts: Sequence[Any]) -> None:
-        """Plan ``entry`` into its split's open shard; submit the shard when it is full."""
-        split = entry.split
-        part, refs = parts[SPLIT_POS[split]], self.refs[split]
-        if not refs or refs[-1] is not part:  # a chunk's entries arrive together: its part once
-            refs.append(part)
-        self.picks[split] += (len(refs) - 1, entry.slot)
-        self.size[split] += entry.size
-        if self.size[split] >= self.target:
+    def add(self, entries: list[Entry], parts: Sequence[Any]) -> None:
+        """Plan a chunk's written entries (in input order) into their splits' open shards, submitting each
+        shard as it fills: it closes after the entry that takes it to the target size."""
+        by_split: dict[str, list[Entry]] = {s: [] for s in SPLITS}
+        for entry in entries:
+            by_split[entry.split].append(entry)
+        for split, mine in by_split.items():
+            if mine:
+                self._plan(split, mine, parts[SPLIT_POS[split]])
+
+    def _plan(self, split: str, mine: list[Entry], part: Any) -> None:
+        """One split's entries of one chunk: a search in their running sizes per shard, not a step per entry."""
+        ends = list(itertools.accumulate([e.size for e in mine], initial=self.size[split]))  # after each entry
+        slots = [e.slot for e in mine]
+        start, base = 0, 0  # the first entry not planned; the running size where the open shard began
+        while start < len(mine):
+            cut = bisect.bisect_left(ends, base + self.target, lo=start + 1)  # the open shard is full after cut - 1
+            refs = self.refs[split]
+            if not refs or refs[-1] is not part:
+                refs.append(part)
+            self.picks[split].append((len(refs) - 1, slots[start:cut]))
+            if cut > len(mine):
+                self.size[split] = ends[-1] - base
+                return
             self._submit(split)
+            start, base = cut, ends[cut]
 
     def _submit(self, split: str) -> None:
         import ray
 
-        refs, picks = self.refs[split], self.picks[split]
-        if not picks:
+        refs, segments = self.refs[split], self.picks[split]
+        if not segments:
             return
         self.refs[split], self.picks[split], self.size[split] = [], [], 0
-        picks = np.array(picks, dtype=np.int64).reshape(-1, 2)  # one buffer for Ray, not a tuple per sample
+        picks = np.empty((sum(len(slots) for _, slots in segments), 2), dtype=np.int64)  # one buffer for Ray
+        picks[:, 0] = np.repeat([p for p, _ in segments], [len(slots) for _, slots in segments])
+        picks[:, 1] = list(itertools.chain.from_iterable(slots for _, slots in segments))
         index, self.next_index[split] = self.next_index[split], self.next_index[split] + 1
         self.pending.append(self.task.remote(self.out, split, index, self.encoding, picks, *refs))
         while len(self.pending) > self.max_pending:  # back-pressure: bounded parts in the object store
@@ -268,19 +302,16 @@ def chunk_size(cfg: IngestConfig, pending: int) -> int:
     return max(cfg.chunk_size, min(max_chunk(cfg.image_size), pending // (4 * cfg.workers)))
 
 
-def commit_shard(held: lease.Lease, out: S3Uri, dropped: dict[int, tuple[str, ...]], records: list[ShardRecord],
-                 record: ShardRecord, staged: Staged, body: bytes | None = None) -> None:
-    """Make a shard visible and journal it (``body``: its journal record; None: made here from
-    ``dropped``), only while this process holds the lease (checked just before): a worker, or a writer
-    thread, that outlives the lease leaves at most an invisible upload."""
+def commit_shard(held: lease.Lease, tallies: list[ShardTally], shard: ShardTally, staged: Staged) -> None:
+    """Make a journaled shard visible, only while this process holds the lease (checked just before): a
+    worker, or a writer thread, that outlives the lease leaves at most an invisible upload."""
     try:
         held.check()
-        storage.complete_upload(staged)
+        upload.complete_upload(staged)
     except BaseException:
-        storage.abort_upload(staged)
+        upload.abort_upload(staged)
         raise
-    journal_shard(out, record, journal_body(record, dropped) if body is None else body)
-    records.append(record)
+    tallies.append(shard)
 
 
 _FROZE = {"heap": False}  # whether a frozen_heap() in effect froze the heap itself

@@ -15,7 +15,7 @@ from radimagenet.dataset.format import INDEX_DIR, index_uri, manifest_uri
 from radimagenet.dataset.writer import ShardRecord
 from radimagenet.errors import ConfigError
 from radimagenet.ingest.config import IngestConfig
-from radimagenet.io import lease, storage
+from radimagenet.io import lease, storage, upload
 from radimagenet.io.storage import S3Uri
 
 # --- journal ---------------------------------------------------------------------------------------
@@ -26,19 +26,27 @@ def _journal(out: S3Uri) -> S3Uri:
 
 def load_journal(out: S3Uri) -> tuple[dict | None, list[ShardRecord], dict[int, list[str]]]:
     """The fingerprint, finished shards and dropped fields (input index -> field names) of an unfinished
-    ingest at ``out`` (None, [], {} if none)."""
-    uris = storage.list_keys(_journal(out))
+    ingest at ``out`` (None, [], {} if none). A shard is journaled before its upload completes: a record
+    whose shard does not exist (the ingest stopped in between) is left out, and its shard made again."""
+    uris = storage.list_keys(out)
+    present = set(uris)
+    journal = str(_journal(out)) + "/"
     config = None
     records = []
     dropped: dict[int, list[str]] = {}
     for uri in uris:
+        if not uri.startswith(journal):
+            continue
         name = uri.rsplit("/", 1)[-1]
         if name == "config.json":
             config = storage.read_json(uri)
         elif name.endswith(".json"):
             data = storage.read_json(uri)
-            dropped.update((int(i), fields) for i, fields in data.pop("dropped_fields", {}).items())
-            records.append(ShardRecord(**data))
+            fields = data.pop("dropped_fields", {})
+            record = ShardRecord(**data)
+            if record.url in present:
+                dropped.update((int(i), f) for i, f in fields.items())
+                records.append(record)
     records.sort(key=lambda r: (r.split, r.index))
     return config, records, dropped
 
@@ -54,13 +62,12 @@ def journal_body(record: ShardRecord, dropped: dict[int, tuple[str, ...]]) -> by
 
 
 def journal_shard(out: S3Uri, record: ShardRecord, body: bytes) -> None:
-    """Journal a shard whose upload is complete (``body``: :func:`journal_body`)."""
+    """Journal a shard whose upload is staged, before it completes (``body``: :func:`journal_body`)."""
     storage.write_bytes(_journal(out).join(f"{record.split}-{record.index:06d}.json"), body, "application/json")
 
 
 def clear_journal(out: S3Uri) -> None:
-    for uri in storage.list_keys(_journal(out)):
-        storage.delete(uri)
+    storage.delete_many(storage.list_keys(_journal(out)))
 
 
 # --- pre-flight ------------------------------------------------------------------------------------
@@ -102,18 +109,19 @@ def preflight(cfg: IngestConfig, fingerprint: dict, held: lease.Lease) -> tuple[
             f"with the same arguments to finish it, or choose another --out"
         )
     if held.previous is None or held.previous_dead:  # uploads left by an ingest that is gone; a holder
-        storage.abort_multipart_uploads(out)  # that merely stopped renewing may be alive: never abort its uploads
+        upload.abort_multipart_uploads(out)  # that merely stopped renewing may be alive: never abort its uploads
     return records, dropped
 
 
-def remove_orphans(out: S3Uri, records: list[ShardRecord]) -> None:
-    """Delete shard objects no journal names (uploaded just before an interruption, then superseded), and
-    the sample indexes (``_index/``) of shards that are not kept."""
-    keep = {r.url for r in records}
-    indexes = {index_uri(url) for url in keep}
+def remove_orphans(out: S3Uri, keep: list[str]) -> None:
+    """Delete shard objects not in ``keep`` (the URLs of the dataset's shards: others were uploaded just
+    before an interruption, then superseded), and the sample indexes (``_index/``) of shards not kept."""
+    kept, indexes = set(keep), {index_uri(url) for url in keep}
+    doomed = []
     for uri in storage.list_keys(out):
         name = uri.rsplit("/", 1)[-1]
-        if name.endswith(".tar") and "/_journal/" not in uri and uri not in keep:
-            storage.delete(uri)
+        if name.endswith(".tar") and "/_journal/" not in uri and uri not in kept:
+            doomed.append(uri)
         elif f"/{INDEX_DIR}/" in uri and name.endswith(".json") and uri not in indexes:
-            storage.delete(uri)
+            doomed.append(uri)
+    storage.delete_many(doomed)

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import functools
-import io
 import json
 import os
 from dataclasses import dataclass
@@ -15,8 +14,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 from radimagenet.errors import StorageError
-
-PART_SIZE = 8 * 1024 * 1024  # multipart part size (S3 minimum is 5 MiB except the last part)
 
 
 @dataclass(frozen=True)
@@ -128,7 +125,8 @@ def describe_error(exc: Exception, uri: str | S3Uri) -> str:
     return f"S3 error for {uri}: {exc}"
 
 
-def _wrap(exc: Exception, uri: str | S3Uri) -> StorageError:
+def wrap_error(exc: Exception, uri: str | S3Uri) -> StorageError:
+    """A botocore error as a one-line :class:`StorageError` (``describe_error``)."""
     return StorageError(describe_error(exc, uri))
 
 
@@ -142,7 +140,7 @@ def check_bucket(uri: str | S3Uri) -> None:
 
         if isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket"):
             raise StorageError(f"bucket {u.bucket!r} does not exist ({uri})") from exc
-        raise _wrap(exc, uri) from exc
+        raise wrap_error(exc, uri) from exc
 
 
 def exists(uri: str | S3Uri) -> bool:
@@ -156,9 +154,9 @@ def exists(uri: str | S3Uri) -> bool:
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
             return False
-        raise _wrap(exc, uri) from exc
+        raise wrap_error(exc, uri) from exc
     except Exception as exc:  # noqa: BLE001
-        raise _wrap(exc, uri) from exc
+        raise wrap_error(exc, uri) from exc
 
 
 def read_bytes(uri: str | S3Uri) -> bytes:
@@ -167,7 +165,7 @@ def read_bytes(uri: str | S3Uri) -> bytes:
     try:
         return client().get_object(Bucket=u.bucket, Key=u.key)["Body"].read()
     except Exception as exc:  # noqa: BLE001
-        raise _wrap(exc, uri) from exc
+        raise wrap_error(exc, uri) from exc
 
 
 def open_stream(uri: str | S3Uri) -> Any:
@@ -176,7 +174,7 @@ def open_stream(uri: str | S3Uri) -> Any:
     try:
         return client().get_object(Bucket=u.bucket, Key=u.key)["Body"]
     except Exception as exc:  # noqa: BLE001
-        raise _wrap(exc, uri) from exc
+        raise wrap_error(exc, uri) from exc
 
 
 def write_bytes(uri: str | S3Uri, data: bytes, content_type: str = "application/octet-stream") -> None:
@@ -185,7 +183,7 @@ def write_bytes(uri: str | S3Uri, data: bytes, content_type: str = "application/
     try:
         client().put_object(Bucket=u.bucket, Key=u.key, Body=data, ContentType=content_type)
     except Exception as exc:  # noqa: BLE001
-        raise _wrap(exc, uri) from exc
+        raise wrap_error(exc, uri) from exc
 
 
 def read_json(uri: str | S3Uri) -> Any:
@@ -207,7 +205,7 @@ def list_keys(prefix_uri: str | S3Uri) -> list[str]:
         for page in client().get_paginator("list_objects_v2").paginate(Bucket=u.bucket, Prefix=prefix):
             out.extend(f"s3://{u.bucket}/{obj['Key']}" for obj in page.get("Contents", []))
     except Exception as exc:  # noqa: BLE001
-        raise _wrap(exc, prefix_uri) from exc
+        raise wrap_error(exc, prefix_uri) from exc
     return sorted(out)
 
 
@@ -217,180 +215,24 @@ def delete(uri: str | S3Uri) -> None:
     try:
         client().delete_object(Bucket=u.bucket, Key=u.key)
     except Exception as exc:  # noqa: BLE001
-        raise _wrap(exc, uri) from exc
+        raise wrap_error(exc, uri) from exc
 
 
-def abort_multipart_uploads(prefix_uri: str | S3Uri) -> int:
-    """Abort unfinished multipart uploads under a prefix (left by an interrupted writer)."""
-    u = parse_uri(prefix_uri)
-    c = client()
-    n = 0
-    try:
-        resp = c.list_multipart_uploads(Bucket=u.bucket, Prefix=u.key + "/" if u.key else "")
-        for up in resp.get("Uploads", []) or []:
-            c.abort_multipart_upload(Bucket=u.bucket, Key=up["Key"], UploadId=up["UploadId"])
-            n += 1
-    except Exception:  # noqa: BLE001 - best effort: some S3 implementations do not list uploads
-        return n
-    return n
-
-
-@dataclass(frozen=True)
-class Staged:
-    """A multipart upload whose parts are all uploaded but which is not completed: nothing is visible
-    at ``uri`` until :func:`complete_upload` (plain data: one process uploads, another completes)."""
-
-    uri: str
-    upload_id: str
-    parts: tuple[tuple[int, str], ...]  # (PartNumber, ETag)
-
-
-def complete_upload(staged: Staged) -> None:
-    """Make a staged upload's object visible (one request)."""
-    u = parse_uri(staged.uri)
-    parts = [{"PartNumber": n, "ETag": etag} for n, etag in staged.parts]
-    try:
-        client().complete_multipart_upload(Bucket=u.bucket, Key=u.key, UploadId=staged.upload_id,
-                                           MultipartUpload={"Parts": parts})
-    except Exception as exc:  # noqa: BLE001
-        raise _wrap(exc, staged.uri) from exc
-
-
-def abort_upload(staged: Staged) -> None:
-    """Drop a staged upload (best effort: an upload left behind is invisible and costs only storage)."""
-    u = parse_uri(staged.uri)
-    try:
-        client().abort_multipart_upload(Bucket=u.bucket, Key=u.key, UploadId=staged.upload_id)
-    except Exception:  # noqa: BLE001
-        pass
-
-
-class S3Writer(io.RawIOBase):
-    """A write-only file object that streams to S3 with a multipart upload.
-
-    Use as a context manager: the object appears only when the block exits cleanly; on an
-    exception the upload is aborted and nothing is left behind. Parts are uploaded by a background
-    thread while the caller keeps writing (the request waits on the network, not the CPU); memory is
-    bounded by two parts.
-    """
-
-    def __init__(self, uri: str | S3Uri, part_size: int = PART_SIZE):
-        super().__init__()
-        self.uri = parse_uri(uri)
-        self.part_size = max(part_size, 5 * 1024 * 1024)
-        self._chunks: list[bytes] = []  # this part's writes, joined once when it is sent
-        self._buffered = 0
-        self._parts: list[Any] = []  # futures of {"PartNumber", "ETag"}
-        self._upload_id: str | None = None
-        self._pool: Any = None
-        self.bytes_written = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        if self.closed:
-            raise ValueError(f"write to closed S3Writer for {self.uri}")
-        self._chunks.append(data if isinstance(data, bytes) else bytes(data))
-        self._buffered += len(data)
-        self.bytes_written += len(data)
-        if self._buffered >= self.part_size:
-            self._flush_part()
-        return len(data)
-
-    def _take_buffer(self) -> bytes:
-        body = b"".join(self._chunks)
-        self._chunks.clear()
-        self._buffered = 0
-        return body
-
-    def _upload_part(self, number: int, body: bytes) -> dict[str, Any]:
-        try:
-            resp = client().upload_part(
-                Bucket=self.uri.bucket, Key=self.uri.key, UploadId=self._upload_id, PartNumber=number, Body=body
-            )
-        except Exception as exc:  # noqa: BLE001
-            raise _wrap(exc, self.uri) from exc
-        return {"PartNumber": number, "ETag": resp["ETag"]}
-
-    def _flush_part(self) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        if self._upload_id is None:
+def delete_many(uris: list[str]) -> None:
+    """Delete objects, a thousand per request (S3's ``DeleteObjects``; no error for one already gone)."""
+    by_bucket: dict[str, list[str]] = {}
+    for uri in uris:
+        u = parse_uri(uri)
+        by_bucket.setdefault(u.bucket, []).append(u.key)
+    for bucket, keys in by_bucket.items():
+        for i in range(0, len(keys), 1000):
+            batch = keys[i : i + 1000]
             try:
-                self._upload_id = client().create_multipart_upload(Bucket=self.uri.bucket, Key=self.uri.key)[
-                    "UploadId"
-                ]
+                resp = client().delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch],
+                                                                      "Quiet": True})
             except Exception as exc:  # noqa: BLE001
-                raise _wrap(exc, self.uri) from exc
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3-upload")
-        if self._parts:
-            self._parts[-1].result()  # at most one part in flight: bounded memory, errors surface early
-        self._parts.append(self._pool.submit(self._upload_part, len(self._parts) + 1, self._take_buffer()))
-
-    def commit(self) -> None:
-        """Finish the upload (small objects are sent with one PUT)."""
-        if self.closed:
-            return
-        try:
-            if self._upload_id is None:
-                try:
-                    client().put_object(Bucket=self.uri.bucket, Key=self.uri.key, Body=self._take_buffer())
-                except Exception as exc:  # noqa: BLE001
-                    raise _wrap(exc, self.uri) from exc
-            else:
-                if self._buffered:
-                    self._flush_part()
-                parts = [f.result() for f in self._parts]
-                try:
-                    client().complete_multipart_upload(
-                        Bucket=self.uri.bucket, Key=self.uri.key, UploadId=self._upload_id,
-                        MultipartUpload={"Parts": parts},
-                    )
-                except Exception as exc:  # noqa: BLE001
-                    raise _wrap(exc, self.uri) from exc
-        except BaseException:
-            self.abort()
-            raise
-        self._close()
-
-    def stage(self) -> Staged:
-        """Upload everything written as parts and return the upload without completing it (also a small
-        object: a single part may be smaller than the 5 MiB minimum); on error the upload is aborted."""
-        try:
-            if self._buffered or self._upload_id is None:
-                self._flush_part()
-            parts = tuple((p["PartNumber"], p["ETag"]) for p in (f.result() for f in self._parts))
-        except BaseException:
-            self.abort()
-            raise
-        staged = Staged(str(self.uri), self._upload_id or "", parts)
-        self._close()
-        return staged
-
-    def abort(self) -> None:
-        """Drop everything written so far."""
-        for f in self._parts:
-            f.cancel()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-        if self._upload_id is not None:
-            try:
-                client().abort_multipart_upload(Bucket=self.uri.bucket, Key=self.uri.key, UploadId=self._upload_id)
-            except Exception:  # noqa: BLE001 - best effort cleanup
-                pass
-        self._close()
-
-    def _close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
-            self._pool = None
-        self._chunks.clear()
-        self._buffered = 0
-        super().close()
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()
+                raise wrap_error(exc, f"s3://{bucket}/{batch[0]}") from exc
+            if resp.get("Errors"):
+                err = resp["Errors"][0]
+                raise StorageError(f"S3 could not delete s3://{bucket}/{err.get('Key')}: {err.get('Code')} "
+                                   f"{err.get('Message', '')} ({len(resp['Errors'])} objects not deleted)")

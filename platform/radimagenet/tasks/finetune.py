@@ -112,15 +112,15 @@ def share_weights(cfg: FinetuneConfig) -> FinetuneConfig:
     """For Ray workers on other nodes: a local ImageNet weights file (``init=imagenet``) is copied next to
     the run's checkpoints on S3 (once) and ``model.weights_file`` names that copy; each node fetches it.
     Nothing changes for other inits, an ``s3://`` file, or a local ``checkpoint.storage_path`` (one node)."""
-    from radimagenet.io import storage
+    from radimagenet.io import storage, upload
 
     path, root = cfg.model.weights_file, cfg.checkpoint.storage_path.rstrip("/")
     if cfg.init != "imagenet" or not path or path.startswith("s3://") or not root.startswith("s3://"):
         return cfg
     uri = f"{root}/{cfg.tracking.run_name}/imagenet-weights/{path.rsplit('/', 1)[-1]}"
     if not storage.exists(uri):
-        with open(path, "rb") as f, storage.S3Writer(uri) as out:
-            while chunk := f.read(storage.PART_SIZE):
+        with open(path, "rb") as f, upload.S3Writer(uri) as out:
+            while chunk := f.read(upload.PART_SIZE):
                 out.write(chunk)
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights_file=uri))
 
