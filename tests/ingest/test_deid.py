@@ -13,10 +13,12 @@ import pytest
 from radimagenet.errors import ConfigError
 from radimagenet.ingest.deid import (
     META_WHITELIST,
+    append_sources,
     clean_meta,
     count_dropped,
     default_home,
     load_secret,
+    read_source_map,
     record_sources,
     source_map_path,
     source_pseudonym,
@@ -165,6 +167,25 @@ def test_the_source_map_is_private_and_appended_once(tmp_path):
     assert all(e["pseudonym"] == source_pseudonym(secret, e["path"]) for e in lines)
     assert {e["dataset"] for e in lines} == {"s3://bucket/datasets/x"}
     assert _mode(path) == 0o600 and sorted(os.listdir(path.parent)) == [path.name]
+
+
+def test_the_map_is_appended_a_chunk_at_a_time_and_a_torn_line_is_ended_first(tmp_path):
+    """An ingest appends each chunk's inputs with the pseudonyms its workers computed; a crash mid-write
+    leaves a torn last line, which neither hides the next chunk's entries nor is read as an entry."""
+    secret, path = b"secret-one-0123456789", tmp_path / "map" / "m.jsonl"
+    known = read_source_map(path)
+    assert known == set()
+    chunk = [("input", source_pseudonym(secret, p), p, "/abs/" + p) for p in ("a/1.png", "a/2.png")]
+    assert append_sources(path, "s3://b/x", known, chunk) == 2
+    assert append_sources(path, "s3://b/x", known, chunk) == 0  # the same chunk again (a retried task)
+    with path.open("a") as f:
+        f.write('{"pseudonym": "src-torn", "pa')  # the process died mid-write
+    known = read_source_map(path)  # a re-run
+    assert known == {(pseudonym, p) for _, pseudonym, p, _ in chunk}
+    assert append_sources(path, "s3://b/x", known, [("input", source_pseudonym(secret, "a/3.png"), "a/3.png", "/abs/a/3.png")]) == 1
+    entries = [json.loads(line) for line in path.read_text().splitlines() if "src-torn" not in line]
+    assert [e["path"] for e in entries] == ["a/1.png", "a/2.png", "a/3.png"]
+    assert _mode(path) == 0o600 and _mode(path.parent) == 0o700
 
 
 def test_source_map_lines_are_the_json_of_their_entry(tmp_path):

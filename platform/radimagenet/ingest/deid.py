@@ -133,54 +133,75 @@ def source_map_path(out: str, secret_file: str | None = None, home: Path | None 
     return base / MAP_DIR / f"{hashlib.sha256(out.rstrip('/').encode()).hexdigest()[:16]}.jsonl"
 
 
-def record_sources(map_path: Path, dataset: str, secret: bytes, items: Iterable[tuple[str, str, str]]) -> int:
+def record_sources(map_path: Path, dataset: str, secret: bytes, items: Iterable[tuple[str, str, str]],
+                   known: set[tuple[str, str]] | None = None) -> int:
     """Add ``(kind, path as given, absolute file)`` items not yet in the local map at ``map_path``, one
-    ``{"pseudonym", "path", "file", "kind", "dataset"}`` line each; return how many were added.
+    ``{"pseudonym", "path", "file", "kind", "dataset"}`` line each; return how many were added
+    (``known``: the map's entries, :func:`read_source_map`, when the caller has them)."""
+    keyed = hmac.new(secret, b"source:", hashlib.sha256)  # source_pseudonym's state after its prefix
 
-    The map is private (folder 0700, file 0600) and replaced whole through a temporary file, so a crash
-    leaves the old map or the new one; a resumed ingest adds nothing twice."""
+    def pseudonym(path: str) -> str:  # = source_pseudonym(secret, path), 1.5x faster
+        h = keyed.copy()
+        h.update(_utf8(path))
+        return "src-" + h.hexdigest()[:16]
+
+    known = read_source_map(map_path) if known is None else known
+    return append_sources(map_path, dataset, known, [(kind, pseudonym(path), path, file) for kind, path, file in items])
+
+
+def read_source_map(map_path: Path) -> set[tuple[str, str]]:
+    """The ``(pseudonym, path)`` pairs in the local map at ``map_path`` (none if it does not exist yet)."""
     try:
-        return _record_sources(map_path, dataset, secret, items)
+        old = map_path.read_bytes() if map_path.exists() else b""
     except OSError as exc:
-        raise ConfigError(f"cannot write the local source map {map_path}: {exc.strerror or exc}; make its folder "
-                          f"writable (it sits beside the secret: --secret-file, or $RADIMAGENET_HOME)") from None
-
-
-def _record_sources(map_path: Path, dataset: str, secret: bytes, items: Iterable[tuple[str, str, str]]) -> int:
-    private_dir(map_path.parent)
-    old = map_path.read_bytes() if map_path.exists() else b""
+        raise _map_error(map_path, exc) from None
     known = set()
     for line in old.splitlines():
         try:
             entry = json.loads(line)
             known.add((entry["pseudonym"], entry["path"]))
         except (ValueError, KeyError, TypeError):
-            continue  # a torn line: its entry is written again below
-    new = []
+            continue  # a torn line (a crash mid-write): its entry is written again when next seen
+    return known
+
+
+def append_sources(map_path: Path, dataset: str, known: set[tuple[str, str]],
+                   items: Iterable[tuple[str, str, str, str]]) -> int:
+    """Append ``(kind, pseudonym, path as given, absolute file)`` items not in ``known`` (which grows) to
+    the local map at ``map_path``: one write, synced before this returns, so before anything on shared
+    storage names them. The map is private (folder 0700, file 0600); a crash leaves at most a torn last
+    line, which the next append ends first. The pseudonyms are the caller's (:func:`source_pseudonym`:
+    an ingest's workers compute them, the driver only writes them down)."""
     tail = f', "dataset": {_json_str(dataset)}}}\n'
-    keyed = hmac.new(secret, b"source:", hashlib.sha256)  # source_pseudonym's state after its prefix
-    for kind, path, file in items:
-        h = keyed.copy()
-        h.update(_utf8(path))
-        pseudonym = "src-" + h.hexdigest()[:16]  # = source_pseudonym(secret, path), 1.5x faster
+    new = []
+    for kind, pseudonym, path, file in items:
         if (pseudonym, path) not in known:
             known.add((pseudonym, path))  # below: the line json.dumps writes for this entry, built 4x faster
             new.append(f'{{"pseudonym": "{pseudonym}", "path": {_json_str(path)}, "file": {_json_str(file)}, '
                        f'"kind": {_json_str(kind)}{tail}')
     if not new:
         return 0
-    tmp = map_path.with_name(f".{map_path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(old if not old or old.endswith(b"\n") else old + b"\n")
-            f.write("".join(new).encode())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, map_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        private_dir(map_path.parent)
+        fd = os.open(map_path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            size = os.fstat(fd).st_size
+            torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+            data = memoryview(("\n" if torn else "").encode() + "".join(new).encode())
+            while data:
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise _map_error(map_path, exc) from None
     return len(new)
+
+
+def _map_error(map_path: Path, exc: OSError) -> ConfigError:
+    return ConfigError(f"cannot write the local source map {map_path}: {exc.strerror or exc}; make its folder "
+                       f"writable (it sits beside the secret: --secret-file, or $RADIMAGENET_HOME)")
 
 
 def split_of(key: str, fractions: tuple[float, float, float]) -> str:

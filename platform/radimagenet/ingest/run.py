@@ -32,7 +32,14 @@ from radimagenet.dataset.writer import ShardRecord
 from radimagenet.errors import ConfigError
 from radimagenet.ingest import decode
 from radimagenet.ingest.config import IngestConfig
-from radimagenet.ingest.deid import record_sources, secret_fingerprint, source_map_path, source_pseudonym
+from radimagenet.ingest.deid import (
+    append_sources,
+    read_source_map,
+    record_sources,
+    secret_fingerprint,
+    source_map_path,
+    source_pseudonym,
+)
 from radimagenet.ingest.manifest import build_manifest, tally
 from radimagenet.ingest.process import Context, Reject, process_rows
 from radimagenet.ingest.shards import (
@@ -197,19 +204,38 @@ def report_line(line: dict) -> str:
 
 # --- the driver ------------------------------------------------------------------------------------
 
-def _record_sources(cfg: IngestConfig, rows: list[InputRow], secret: bytes, map_path: Path) -> dict[str, Any]:
-    """Write the local pseudonym -> path map; return the pseudonyms of SOURCE, the labels file and the
-    split files."""
+def _record_origin(cfg: IngestConfig, secret: bytes, map_path: Path) -> tuple[dict[str, Any], set[tuple[str, str]]]:
+    """Write SOURCE, the labels file and the split files to the local pseudonym -> path map; return their
+    pseudonyms and the map's known entries (the inputs are added chunk by chunk: ``_SourceMap``)."""
     root = str(Path(cfg.source).expanduser().resolve())
     labels = str(Path(cfg.labels).expanduser().resolve()) if cfg.labels else None
-    items = [("input", r.source, r.path) for r in rows] + [("source", root, root)]
+    items = [("source", root, root)]
     if labels:
         items.append(("labels", labels, labels))
     split_files = {s: str(Path(f).expanduser().resolve()) for s, f in cfg.split_csv.items()}
     items += [("split_csv", f, f) for f in split_files.values()]
-    record_sources(map_path, cfg.out.rstrip("/"), secret, items)
-    return {"source": source_pseudonym(secret, root), "labels": labels and source_pseudonym(secret, labels),
-            "split_csv": {s: source_pseudonym(secret, f) for s, f in sorted(split_files.items())}}
+    known = read_source_map(map_path)
+    record_sources(map_path, cfg.out.rstrip("/"), secret, items, known)
+    origin = {"source": source_pseudonym(secret, root), "labels": labels and source_pseudonym(secret, labels),
+              "split_csv": {s: source_pseudonym(secret, f) for s, f in sorted(split_files.items())}}
+    return origin, known
+
+
+@dataclasses.dataclass
+class _SourceMap:
+    """The local map, written a chunk at a time from the pseudonyms the workers computed (an HMAC per
+    input was the driver's largest cost per file): before the driver plans a chunk's inputs into shards,
+    so before anything on shared storage names them."""
+
+    path: Path
+    dataset: str
+    known: set[tuple[str, str]]
+    rows: dict[int, InputRow]
+
+    def add(self, results: list[Sample | Entry | Reject]) -> None:
+        rows = self.rows
+        append_sources(self.path, self.dataset, self.known,
+                       [("input", res.source, rows[res.index].source, rows[res.index].path) for res in results])
 
 
 @frozen_heap()  # collections during the ingest walk only what it made (shards.frozen_heap)
@@ -238,7 +264,9 @@ def _write(cfg: IngestConfig, rows: list[InputRow], classes: list[str], secret: 
            progress: bool | None, source_map: Path | None) -> dict:
     """Under the lease: process the inputs not yet written, then write the report and (last) the manifest."""
     out = storage.parse_uri(cfg.out)
-    origin = _record_sources(cfg, rows, secret, source_map or source_map_path(cfg.out))
+    map_path = source_map or source_map_path(cfg.out)
+    origin, known = _record_origin(cfg, secret, map_path)
+    sources = _SourceMap(map_path, cfg.out.rstrip("/"), known, {r.index: r for r in rows})
     has_masks = any(r.mask for r in rows)
     ctx = Context(
         class_ids={c: i for i, c in enumerate(classes)},
@@ -268,6 +296,7 @@ def _write(cfg: IngestConfig, rows: list[InputRow], classes: list[str], secret: 
             chunks = _chunks(pending, chunk_size(cfg, len(pending)))
             for results, parts in run_chunks(chunks, ctx, cfg.workers, options):
                 held.check()  # a writer whose lease was taken over stops here, aborting its own uploads
+                sources.add(results)
                 shards.add(state.accept(results), parts)
                 shards.poll()
                 bar.update(len(results))
