@@ -6,6 +6,7 @@ lease never becomes visible."""
 from __future__ import annotations
 
 import collections
+import json
 import pickle
 import uuid
 from pathlib import Path
@@ -182,10 +183,10 @@ def corpus(tmp_path_factory) -> Path:
     return out
 
 
-def _ingest(source: Path, out: str, **kw) -> dict:
+def _ingest(source: Path, out: str, source_map: Path | None = None, **kw) -> dict:
     cfg = IngestConfig(source=str(source), labels=str(source / "labels.csv"), out=out, image_size=64,
                        shard_size=kw.pop("shard_size", 20 * 1024), **kw)  # about 4 samples a shard
-    return ingest(cfg, SECRET, progress=False)
+    return ingest(cfg, SECRET, progress=False, source_map=source_map)
 
 
 def _prefix(name: str) -> str:
@@ -229,7 +230,7 @@ def test_one_or_three_workers_write_identical_shards(stack_env, corpus, serial, 
 
 
 @pytest.mark.integration
-def test_an_interrupted_parallel_ingest_resumes_on_another_worker_count(stack_env, corpus, serial, monkeypatch):
+def test_an_interrupted_parallel_ingest_resumes_on_another_worker_count(stack_env, corpus, serial, monkeypatch, tmp_path):
     manifest, serial_out = serial
     out = _prefix("workers-resume")
     real, calls = upload.complete_upload, {"n": 0}
@@ -250,7 +251,10 @@ def test_an_interrupted_parallel_ingest_resumes_on_another_worker_count(stack_en
     stale = [u for u in journaled if storage.read_json(u)["url"] not in present]
     assert stale  # a journal record of a shard that never became visible: left out when resuming
     assert len(load_journal(storage.parse_uri(out))[1]) == len(journaled) - len(stale)
-    resumed = _ingest(corpus, out, workers=3, chunk_size=6)
+    fresh_map = tmp_path / "another-machine" / "map.jsonl"  # a resume elsewhere: its map names every input too
+    resumed = _ingest(corpus, out, source_map=fresh_map, workers=3, chunk_size=6)
+    mapped = {json.loads(line)["pseudonym"] for line in fresh_map.read_text().splitlines()}
+    assert {line["source"] for line in load_report(out)} <= mapped
     assert resumed["digest"] == manifest["digest"] and resumed["counts"] == manifest["counts"]
     report = storage.read_bytes(out + "/report.jsonl")  # the journaled inputs' lines too, byte for byte
     assert report == storage.read_bytes(serial_out + "/report.jsonl")
@@ -284,6 +288,10 @@ def test_a_shard_written_after_the_lease_is_lost_never_becomes_visible(stack_env
     commit_shard(held, tallies, shard, staged)
     assert storage.exists(shard.url) and tallies == [shard]
     assert [r.url for r in load_journal(uri)[1]] == [shard.url]
+    other = dict(body, bytes=body["bytes"] + 512)  # another attempt's record of that name (another shard)
+    storage.write_bytes(out + "/_journal/train-000000.json", json.dumps(other).encode())
+    assert load_journal(uri)[1] == []  # not counted against this object: the shard is made again
+    storage.write_bytes(out + "/_journal/train-000000.json", json.dumps(body).encode())
 
     # another ingest takes the prefix over; a worker of the first one still finishes shard 1
     lease.acquire(lease.lease_uri(out), purpose="ingest", take_over=True)

@@ -3,8 +3,9 @@
 Tar members are plain ustar entries written directly (see :mod:`radimagenet.dataset.tar`).
 A :class:`ShardWriter` is a context manager (mosaicml/streaming style). Each shard is one multipart
 upload that becomes visible only when the shard is complete; ``on_shard`` is called after that with
-the shard's record, which the driver journals (``stage=True``: the upload is left uncompleted in
-``staged`` for the caller to complete: workers upload, the lease holder makes shards visible).
+the shard's record (``stage=True``: the upload is left uncompleted in ``staged`` and ``on_shard`` runs
+once it is staged, for the caller to journal the shard and complete it: workers upload, the lease holder
+makes shards visible).
 Completing a shard (its last part, the completion request, ``on_shard``) runs on a background thread
 while the caller fills the next shard; ``close`` waits for all of them and raises the first error.
 Tar members are written deterministically (fixed mtime, owner and mode) so equal samples give

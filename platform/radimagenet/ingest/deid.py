@@ -154,7 +154,7 @@ def read_source_map(map_path: Path) -> set[tuple[str, str]]:
     try:
         old = map_path.read_bytes() if map_path.exists() else b""
     except OSError as exc:
-        raise _map_error(map_path, exc) from None
+        raise ConfigError(f"cannot read the local source map {map_path}: {exc.strerror or exc}") from None
     known = set()
     for line in old.splitlines():
         try:
@@ -173,10 +173,10 @@ def append_sources(map_path: Path, dataset: str, known: set[tuple[str, str]],
     line, which the next append ends first. The pseudonyms are the caller's (:func:`source_pseudonym`:
     an ingest's workers compute them, the driver only writes them down)."""
     tail = f', "dataset": {_json_str(dataset)}}}\n'
-    new = []
+    new, added = [], set()
     for kind, pseudonym, path, file in items:
-        if (pseudonym, path) not in known:
-            known.add((pseudonym, path))  # below: the line json.dumps writes for this entry, built 4x faster
+        if (pseudonym, path) not in known and (pseudonym, path) not in added:
+            added.add((pseudonym, path))  # below: the line json.dumps writes for this entry, built 4x faster
             new.append(f'{{"pseudonym": "{pseudonym}", "path": {_json_str(path)}, "file": {_json_str(file)}, '
                        f'"kind": {_json_str(kind)}{tail}')
     if not new:
@@ -195,13 +195,10 @@ def append_sources(map_path: Path, dataset: str, known: set[tuple[str, str]],
         finally:
             os.close(fd)
     except OSError as exc:
-        raise _map_error(map_path, exc) from None
+        raise ConfigError(f"cannot write the local source map {map_path}: {exc.strerror or exc}; make its folder "
+                          f"writable (it sits beside the secret: --secret-file, or $RADIMAGENET_HOME)") from None
+    known |= added  # only once written: a caller that retries after an error writes them again
     return len(new)
-
-
-def _map_error(map_path: Path, exc: OSError) -> ConfigError:
-    return ConfigError(f"cannot write the local source map {map_path}: {exc.strerror or exc}; make its folder "
-                       f"writable (it sits beside the secret: --secret-file, or $RADIMAGENET_HOME)")
 
 
 def split_of(key: str, fractions: tuple[float, float, float]) -> str:

@@ -7,7 +7,7 @@ the samples' bytes; the driver takes their entries in input order (duplicates, p
 shard plan); shard tasks write, upload and journal the planned shards and return a tally of each; the
 driver completes each upload. Serial and parallel ingests write the same samples to the same shards. A
 shard's journal record (``_journal/``) is written before its upload completes and counts once the shard
-exists; a re-run with the same arguments skips every input already in a journaled shard.
+exists; a re-run with the same arguments skips every input already in a journaled shard that exists.
 
 Nothing on S3 names a source path: report lines and journal records name an input by its keyed
 pseudonym (``src-...``), and the pseudonym -> path map is written locally, beside the secret.
@@ -237,6 +237,13 @@ class _SourceMap:
         append_sources(self.path, self.dataset, self.known,
                        [("input", res.source, rows[res.index].source, rows[res.index].path) for res in results])
 
+    def add_written(self, done: list[ShardRecord]) -> None:
+        """The members of shards an earlier run wrote (a resume may use another map than that run did)."""
+        rows = self.rows
+        append_sources(self.path, self.dataset, self.known,
+                       [("input", m["source"], rows[m["index"]].source, rows[m["index"]].path)
+                        for rec in done for m in rec.members])
+
 
 @frozen_heap()  # collections during the ingest walk only what it made (shards.frozen_heap)
 def ingest(cfg: IngestConfig, secret: bytes, progress: bool | None = None, source_map: Path | None = None) -> dict:
@@ -283,6 +290,7 @@ def _write(cfg: IngestConfig, rows: list[InputRow], classes: list[str], secret: 
             state.split_of_patient[m["patient"]] = rec.split
             state.written(m["index"], m["source"], m["key"], rec.split)
     tallies = [tally(rec, state.dropped) for rec in done]
+    sources.add_written(done)
     pending = [r for r in rows if r.index not in state.lines]
     first = {s: 1 + max((r.index for r in done if r.split == s), default=-1) for s in SPLITS}
     commit = functools.partial(commit_shard, held, tallies)

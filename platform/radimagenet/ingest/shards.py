@@ -123,7 +123,8 @@ def write_shard(out: str, split: str, index: int, encoding: str, picks: np.ndarr
                 *parts: list[Sample]) -> tuple[ShardTally, Staged]:
     """Phase 2: write shard ``index`` of ``split`` from ``(part, slot)`` picks (rows), in order, upload it
     without completing the upload (the driver does, under the lease) and journal it; return its tally
-    and the staged upload. On error nothing is left but, at most, a journal record of no shard."""
+    and the staged upload. On error nothing is left but, at most, the shard's sample index (``_index/``)
+    and journal record, which count for nothing without the shard."""
     uri = storage.parse_uri(out)
     writer = ShardWriter(uri, split, encoding, NEVER, index, stage=True)
     dropped: dict[int, tuple[str, ...]] = {}
@@ -223,8 +224,7 @@ class RayShards:
         while start < len(mine):
             cut = bisect.bisect_left(ends, base + self.target, lo=start + 1)  # the open shard is full after cut - 1
             refs = self.refs[split]
-            if not refs or refs[-1] is not part:
-                refs.append(part)
+            refs.append(part)  # a chunk's part reaches its split's plan once, and a submit empties refs
             self.picks[split].append((len(refs) - 1, slots[start:cut]))
             if cut > len(mine):
                 self.size[split] = ends[-1] - base
@@ -304,7 +304,8 @@ def chunk_size(cfg: IngestConfig, pending: int) -> int:
 
 def commit_shard(held: lease.Lease, tallies: list[ShardTally], shard: ShardTally, staged: Staged) -> None:
     """Make a journaled shard visible, only while this process holds the lease (checked just before): a
-    worker, or a writer thread, that outlives the lease leaves at most an invisible upload."""
+    worker, or a writer thread, that outlives the lease leaves at most an invisible upload (and its journal
+    record, which counts for nothing without the shard: ``target.load_journal``)."""
     try:
         held.check()
         upload.complete_upload(staged)

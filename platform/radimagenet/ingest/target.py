@@ -27,14 +27,14 @@ def _journal(out: S3Uri) -> S3Uri:
 def load_journal(out: S3Uri) -> tuple[dict | None, list[ShardRecord], dict[int, list[str]]]:
     """The fingerprint, finished shards and dropped fields (input index -> field names) of an unfinished
     ingest at ``out`` (None, [], {} if none). A shard is journaled before its upload completes: a record
-    whose shard does not exist (the ingest stopped in between) is left out, and its shard made again."""
-    uris = storage.list_keys(out)
-    present = set(uris)
+    counts only when its shard exists with the record's size (else the ingest stopped in between, or the
+    object is another attempt's shard of that name), and a shard not counted is made again."""
+    sizes = storage.list_objects(out)
     journal = str(_journal(out)) + "/"
     config = None
     records = []
     dropped: dict[int, list[str]] = {}
-    for uri in uris:
+    for uri in sorted(sizes):
         if not uri.startswith(journal):
             continue
         name = uri.rsplit("/", 1)[-1]
@@ -44,7 +44,7 @@ def load_journal(out: S3Uri) -> tuple[dict | None, list[ShardRecord], dict[int, 
             data = storage.read_json(uri)
             fields = data.pop("dropped_fields", {})
             record = ShardRecord(**data)
-            if record.url in present:
+            if sizes.get(record.url) == record.bytes:
                 dropped.update((int(i), f) for i, f in fields.items())
                 records.append(record)
     records.sort(key=lambda r: (r.split, r.index))

@@ -198,24 +198,20 @@ def write_json(uri: str | S3Uri, obj: Any) -> None:
 
 def list_keys(prefix_uri: str | S3Uri) -> list[str]:
     """Every object URI under a prefix (a "folder": the prefix is treated as ending with /)."""
+    return sorted(list_objects(prefix_uri))
+
+
+def list_objects(prefix_uri: str | S3Uri) -> dict[str, int]:
+    """Every object under a prefix (as :func:`list_keys`): URI -> size in bytes."""
     u = parse_uri(prefix_uri)
     prefix = u.key + "/" if u.key else ""
-    out: list[str] = []
+    out: dict[str, int] = {}
     try:
         for page in client().get_paginator("list_objects_v2").paginate(Bucket=u.bucket, Prefix=prefix):
-            out.extend(f"s3://{u.bucket}/{obj['Key']}" for obj in page.get("Contents", []))
+            out.update((f"s3://{u.bucket}/{obj['Key']}", obj["Size"]) for obj in page.get("Contents", []))
     except Exception as exc:  # noqa: BLE001
         raise wrap_error(exc, prefix_uri) from exc
-    return sorted(out)
-
-
-def delete(uri: str | S3Uri) -> None:
-    """Delete one object (no error when it is already gone)."""
-    u = parse_uri(uri)
-    try:
-        client().delete_object(Bucket=u.bucket, Key=u.key)
-    except Exception as exc:  # noqa: BLE001
-        raise wrap_error(exc, uri) from exc
+    return out
 
 
 def delete_many(uris: list[str]) -> None:
