@@ -233,16 +233,17 @@ class _SourceMap:
     rows: dict[int, InputRow]
 
     def add(self, results: list[Sample | Entry | Reject]) -> None:
-        rows = self.rows
-        append_sources(self.path, self.dataset, self.known,
-                       [("input", res.source, rows[res.index].source, rows[res.index].path) for res in results])
+        self._append([(res.source, res.index) for res in results])
 
     def add_written(self, done: list[ShardRecord]) -> None:
         """The members of shards an earlier run wrote (a resume may use another map than that run did)."""
+        self._append([(m["source"], m["index"]) for rec in done for m in rec.members])
+
+    def _append(self, named: list[tuple[str, int]]) -> None:
+        """``(pseudonym, input index)`` pairs, with their rows' paths."""
         rows = self.rows
         append_sources(self.path, self.dataset, self.known,
-                       [("input", m["source"], rows[m["index"]].source, rows[m["index"]].path)
-                        for rec in done for m in rec.members])
+                       [("input", pseudonym, rows[i].source, rows[i].path) for pseudonym, i in named])
 
 
 @frozen_heap()  # collections during the ingest walk only what it made (shards.frozen_heap)
